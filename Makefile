@@ -1,0 +1,33 @@
+# MangaAssist Serve — the two commands a newcomer runs: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run build test test-unit clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first: the pinned local CPU wheel (any other spec pulls a multi-GB CUDA build)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## build the models (train, evaluate, export, register), then serve them
+run: $(STAMP)
+	$(BIN)/mangaassist build
+	$(BIN)/mangaassist models list
+
+build: $(STAMP)
+	$(BIN)/mangaassist build
+
+## the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+"""`mangaassist` — the command line: data, build/train/eval, the registry (and serving, later)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .paths import DATA_DIR
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_build(args) -> int:
+    from .build import MODELS, BuildOptions, GateError, build
+
+    try:
+        versions = build(BuildOptions(force=args.force), only=tuple(args.only or MODELS))
+    except GateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    from .registry import Registry
+
+    reg = Registry()
+    for name, version in versions.items():
+        print(f"{name:9s} {version}  {reg.root / name / version}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    args.only, args.force = [args.model], args.force
+    return cmd_build(args)
+
+
+def cmd_models_list(args) -> int:
+    from .registry import Registry
+
+    reg = Registry()
+    headline = {"intent": ("test_accuracy", "test_macro_f1", "test_ece_scaled"),
+                "reranker": ("ndcg@10", "ndcg@10_gain", "mrr@10"), "embedder": ("int8_min_cosine",)}
+    rows = [["model", "version", "current", "created", "metrics", "gates"]]
+    for name in reg.names():
+        for version in reg.versions(name):
+            m = reg.manifest(name, version)
+            shown = ", ".join(f"{k}={m['metrics'][k]:.4f}" for k in headline.get(name, ()) if k in m["metrics"])
+            rows.append([name, version, "*" if reg.current(name) == version else "", m["created"], shown,
+                         "pass" if m["metrics"].get("gates_passed") else "FAIL"])
+    if len(rows) == 1:
+        print(f"no models registered in {reg.root}; run `mangaassist build`")
+        return 1
+    print(f"registry: {reg.root}")
+    _print_table(rows)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate the registered model with the runtime that serves it (not the training-time torch copy)."""
+    from .evaluate import evaluate
+
+    report = evaluate(args.model, runtime=args.runtime, precision=args.precision)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_data_split(args) -> int:
+    from .splits import build_splits
+
+    print(json.dumps(build_splits(Path(args.dir), seed=args.seed)))
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    from .datasets import SPLITS, load_catalog, load_intents, load_policies
+
+    catalog, policies = load_catalog(), load_policies()
+    sizes = {s: len(load_intents(s)) for s in SPLITS}
+    print(f"catalog: {len(catalog)} series; policies: {len(policies)}; intents: {sizes}")
+    return 0
+
+
+def cmd_data_expand(args) -> int:
+    from .datasets import load_catalog, write_jsonl
+    from .expand import products
+
+    rows = products(load_catalog(), extra=args.extra, seed=args.seed)
+    write_jsonl(Path(args.out), (p.model_dump() for p in rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mangaassist", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="train, evaluate, export and register every model (idempotent)")
+    b.add_argument("--force", action="store_true", help="rebuild even when an identical version is registered")
+    b.add_argument("--only", nargs="+", choices=["embedder", "intent", "reranker"])
+    b.set_defaults(func=cmd_build)
+
+    t = sub.add_parser("train", help="train (and export, register) one model")
+    t.add_argument("model", choices=["intent", "reranker"])
+    t.add_argument("--force", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a registered model with a serving runtime")
+    e.add_argument("model", choices=["intent", "reranker"])
+    e.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
+    e.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("models", help="the model registry")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="versions and metrics").set_defaults(func=cmd_models_list)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("split", help="rebuild intents/{train,validation,test}.jsonl from intents/authored/")
+    ds.add_argument("--dir", default=str(DATA_DIR / "intents"))
+    ds.add_argument("--seed", type=int, default=13)
+    ds.set_defaults(func=cmd_data_split)
+    dsub.add_parser("validate", help="load and validate every data file").set_defaults(func=cmd_data_validate)
+    dx = dsub.add_parser("expand", help="expand the catalog into products (volumes x editions), plus synthetic ones")
+    dx.add_argument("--extra", type=int, default=0, help="synthetic products to add (scale benchmarks)")
+    dx.add_argument("--seed", type=int, default=0)
+    dx.add_argument("--out", required=True)
+    dx.set_defaults(func=cmd_data_expand)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""ONNX export (fp32, fused), int8 per-channel dynamic quantization, and the parity gates.
+
+Recipe (DESIGN §4): eager attention + the legacy TorchScript exporter produce the attention
+pattern that `optimize_model(model_type="bert")` fuses; quantize the fused graph per channel,
+keeping the default tensor type float so that the fused ops stay fp32 where they must.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from .runtime import ONNX_INPUTS, onnx_file
+
+
+# Parity gates an export must pass before it may be registered (issue #2).
+GATES = {
+    "fp32_max_abs_diff": 1e-4,  # ONNX fp32 vs torch, any output element
+    "intent_int8_agreement": 0.99,  # int8 top label == fp32 top label on the intent test split
+    "reranker_int8_ndcg_drop": 0.01,  # fp32 NDCG@10 - int8 NDCG@10 on held-out queries
+    "embedder_int8_cosine": 0.99,  # mean cosine(int8 embedding, torch embedding)
+}
+
+
+class GateError(RuntimeError):
+    """An export failed a parity gate: the model version must not be registered."""
+
+    def __init__(self, message: str, gates: dict | None = None):
+        super().__init__(message)
+        self.gates = gates or {}
+
+
+def check_gate(value: float, threshold: float, higher_is_better: bool) -> dict:
+    passed = value >= threshold if higher_is_better else value <= threshold
+    return {"value": float(value), "threshold": threshold, "passed": bool(passed),
+            "direction": ">=" if higher_is_better else "<="}
+
+
+def enforce(gates: dict[str, dict], model: str) -> None:
+    failed = {k: v for k, v in gates.items() if not v["passed"]}
+    if failed:
+        detail = "; ".join(f"{k} = {v['value']:.5f} (must be {v['direction']} {v['threshold']})" for k, v in failed.items())
+        raise GateError(f"{model}: export refused, parity gate failed: {detail}", gates)
+
+
+class _TensorOutput:
+    """Wraps a HF model so the exported graph has a single named tensor output."""
+
+    def __new__(cls, model, kind: str):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                return out.last_hidden_state if kind == "encoder" else out.logits
+
+        return Wrapped().eval()
+
+
+def export_onnx(model, tokenizer, kind: str, model_dir: Path) -> dict[str, Path]:
+    """Write onnx/model.fp32.onnx (fused) and onnx/model.int8.onnx under model_dir."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    out_dir = model_dir / "onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "raw.onnx"
+    sample = tokenizer(["a short query", "a somewhat longer second text to pad against"], padding=True, return_tensors="pt")
+    output = "last_hidden_state" if kind == "encoder" else "logits"
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    axes[output] = {0: "batch", 1: "sequence"} if kind == "encoder" else {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _TensorOutput(model, kind), tuple(sample[k] for k in ONNX_INPUTS), str(raw),
+            input_names=list(ONNX_INPUTS), output_names=[output], dynamic_axes=axes,
+            opset_version=17, dynamo=False,
+        )
+    cfg = model.config
+    fused = optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    fused.save_model_to_file(str(onnx_file(model_dir, "fp32")))
+    raw.unlink()
+    logging.getLogger("root").setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" notice
+    # the pooler and classification head are tiny and decide the output: they stay fp32
+    head = [n.name for n in fused.model.graph.node if "/pooler/" in n.name or "/classifier/" in n.name]
+    quantize_dynamic(
+        str(onnx_file(model_dir, "fp32")), str(onnx_file(model_dir, "int8")),
+        per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=head,
+        extra_options={"DefaultTensorType": 1},  # 1 = FLOAT
+    )
+    return {"fp32": onnx_file(model_dir, "fp32"), "int8": onnx_file(model_dir, "int8"),
+            "fused_ops": {k: v for k, v in fused.get_fused_operator_statistics().items() if v}}

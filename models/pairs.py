@@ -1,0 +1,165 @@
+"""Reranker supervision derived from catalog metadata: graded (query, document, relevance) judgments.
+
+Relevance is 2 (exactly what was asked), 1 (partly: shares the genre, same policy category) or
+0. Hard negatives are documents that look close (same author or demographic, shared title words,
+the very series a "like X" query names) but do not answer the query.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+
+from .datasets import Policy, Series
+
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: str
+    text: str
+    index: str  # "catalog" | "policy"
+
+
+@dataclass
+class RankQuery:
+    text: str
+    kind: str
+    anchor: str  # queries about the same anchor never straddle train/eval
+    index: str
+    relevance: dict[str, int]  # judged documents with relevance > 0
+    hard_negatives: list[str] = field(default_factory=list)
+
+
+def catalog_docs(catalog: tuple[Series, ...]) -> list[Doc]:
+    return [Doc(s.id, s.document(), "catalog") for s in catalog]
+
+
+def policy_docs(policies: tuple[Policy, ...]) -> list[Doc]:
+    return [Doc(p.id, p.document(), "policy") for p in policies]
+
+
+def profile(series: Series) -> str:
+    """What the gateway appends to a "like X" query once it has found X in the catalog."""
+    return f"({series.demographic}; {', '.join(series.genres)})"
+
+
+def _words(title: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", title.lower()) if len(w) > 3}
+
+
+def build_queries(catalog: tuple[Series, ...], policies: tuple[Policy, ...], seed: int = 7) -> list[RankQuery]:
+    rng = random.Random(seed)
+    queries: list[RankQuery] = []
+    by_id = {s.id: s for s in catalog}
+
+    def add(text, kind, anchor, relevance, hard=(), index="catalog"):
+        relevance = {k: v for k, v in relevance.items() if v > 0}
+        if relevance:
+            queries.append(RankQuery(text, kind, anchor, index, relevance, [h for h in hard if h not in relevance]))
+
+    for s in catalog:
+        # "like X": same demographic and >=2 shared genres is the best answer; X itself never is
+        like = rng.choice(["manga like {t}", "something similar to {t}", "if i loved {t} what should i read next",
+                           "recommend me series like {t}", "more {g} like {t}"])
+        rel = {}
+        for o in catalog:
+            if o.id == s.id:
+                continue
+            shared = len(set(o.genres) & set(s.genres))
+            rel[o.id] = 2 if shared >= 2 and o.demographic == s.demographic else 1 if shared >= 2 else 0
+        add(f"{like.format(t=s.title, g=s.genres[0])} {profile(s)}", "like", f"series:{s.id}", rel, [s.id])
+
+        # title / volume / edition lookups
+        edition = rng.choice(s.editions)
+        title_q = rng.choice([f"{s.title} volume {rng.randint(1, s.volumes)}", f"do you have {s.title}",
+                              f"{s.title} {edition.name.lower()}", f"{s.title.lower()} vol {rng.randint(1, s.volumes)}"])
+        lookalikes = [o.id for o in catalog if o.id != s.id and (_words(o.title) & _words(s.title) or o.author == s.author)]
+        same_demo = [o.id for o in catalog if o.demographic == s.demographic and o.id != s.id]
+        add(title_q, "title", f"series:{s.id}", {s.id: 2}, lookalikes + rng.sample(same_demo, min(3, len(same_demo))))
+
+    for author in sorted({s.author for s in catalog}):
+        works = [s for s in catalog if s.author == author]
+        genres = {g for w in works for g in w.genres}
+        hard = [o.id for o in catalog if o.author != author and set(o.genres) & genres][:20]
+        text = rng.choice(["manga by {a}", "{a} works", "what has {a} written", "other series from {a}"]).format(a=author)
+        add(text, "author", f"author:{author}", {w.id: 2 for w in works}, rng.sample(hard, min(4, len(hard))))
+
+    demographics = sorted({s.demographic for s in catalog})
+    for _ in range(400):
+        s = rng.choice(catalog)
+        genre = rng.choice(s.genres)
+        demo = s.demographic if rng.random() < 0.6 else None
+        theme = rng.choice(s.themes) if rng.random() < 0.5 else None
+        text = " ".join(filter(None, [rng.choice(["", "good", "best", "looking for"]), demo, genre, "manga",
+                                       f"about {theme}" if theme else ""])).strip()
+
+        def grade(o: Series) -> int:
+            if genre not in o.genres:
+                return 0
+            full = (demo is None or o.demographic == demo) and (theme is None or theme in o.themes)
+            return 2 if full else 1
+
+        rel = {o.id: grade(o) for o in catalog}
+        hard = [o.id for o in catalog if grade(o) == 0 and (o.demographic == demo or (theme and theme in o.themes))]
+        add(text, "genre", f"genre:{demo}:{genre}:{theme}", rel, rng.sample(hard, min(4, len(hard))))
+
+    for _ in range(150):
+        genre = rng.choice(sorted({g for s in catalog for g in s.genres}))
+        status = rng.choice(["completed", "ongoing"])
+        limit = rng.choice([10, 20, 30])
+        demo = rng.choice(demographics)
+        variant = rng.randrange(3)
+        if variant == 0:
+            text, ok = f"{'finished' if status == 'completed' else 'ongoing'} {genre} series", lambda o: o.status == status
+        elif variant == 1:
+            text, ok = f"short {genre} manga under {limit} volumes", lambda o: o.volumes < limit
+        else:
+            text, ok = f"{demo} {genre} manga", lambda o: o.demographic == demo
+        rel = {o.id: (2 if ok(o) else 1) if genre in o.genres else 0 for o in catalog}
+        hard = [o.id for o in catalog if genre in o.genres and not ok(o)]
+        add(text, "attribute", f"attr:{variant}:{genre}", rel, rng.sample(hard, min(4, len(hard))))
+
+    for p in policies:
+        topic = p.title.lower()
+        for template in ["{t}?", "question about {t}", "can you explain your {t} policy"]:
+            rel = {o.id: 2 if o.id == p.id else 1 if o.category == p.category else 0 for o in policies}
+            hard = [o.id for o in policies if o.category == p.category and o.id != p.id]
+            add(template.format(t=topic), "policy", f"policy:{p.id}", rel, hard, index="policy")
+    return queries
+
+
+def split_queries(queries: list[RankQuery], eval_fraction: float = 0.2, seed: int = 7):
+    """Split by anchor, so that no held-out query is about something seen in training."""
+    def held_out(anchor: str) -> bool:
+        h = int(hashlib.sha256(f"{seed}:{anchor}".encode()).hexdigest()[:8], 16)
+        return h / 0xFFFFFFFF < eval_fraction
+
+    train = [q for q in queries if not held_out(q.anchor)]
+    evaluation = [q for q in queries if held_out(q.anchor)]
+    return train, evaluation
+
+
+def training_pairs(queries: list[RankQuery], docs: dict[str, Doc], seed: int = 7,
+                   positives: int = 3, hard: int = 2, easy: int = 1) -> list[tuple[str, str, float]]:
+    """(query, document text, target in [0, 1]) with graded positives, hard and random negatives."""
+    rng = random.Random(seed)
+    by_index: dict[str, list[str]] = {}
+    for d in docs.values():
+        by_index.setdefault(d.index, []).append(d.id)
+    pairs = []
+    for q in queries:
+        ranked = sorted(q.relevance.items(), key=lambda kv: (-kv[1], kv[0]))
+        top = [kv for kv in ranked if kv[1] == 2]
+        chosen = rng.sample(top, min(positives, len(top)))
+        partial = [kv for kv in ranked if kv[1] == 1]
+        if partial and len(chosen) < positives + 1:
+            chosen.append(rng.choice(partial))
+        negatives = rng.sample(q.hard_negatives, min(hard, len(q.hard_negatives)))
+        pool = [d for d in by_index[q.index] if d not in q.relevance and d not in negatives]
+        negatives += rng.sample(pool, min(easy, len(pool)))
+        pairs += [(q.text, docs[d].text, rel / 2) for d, rel in chosen]
+        pairs += [(q.text, docs[d].text, 0.0) for d in negatives]
+    rng.shuffle(pairs)
+    return pairs

@@ -1,0 +1,134 @@
+"""Inference runtimes for every model: ONNX Runtime (fp32 / int8) or torch, behind one interface.
+
+Deployments and the export parity gates both go through `TextModel`, so what is checked at
+export time is exactly what serves.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .modeling import mean_pool
+
+Runtime = Literal["onnx", "torch"]
+Precision = Literal["fp32", "int8"]
+Device = Literal["cpu", "cuda"]
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def onnx_file(model_dir: Path, precision: Precision) -> Path:
+    return model_dir / "onnx" / f"model.{precision}.onnx"
+
+
+class OrtBackend:
+    def __init__(self, path: Path, threads: int, device: Device = "cpu"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # replicas share cores: spinning threads would steal them from each other (DESIGN §4)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        # what actually runs (get_available_providers() lists what *could*)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: features[k] for k in self.inputs})[0]
+
+
+class TorchBackend:
+    def __init__(self, hf_dir: Path, kind: str, threads: int, device: Device = "cpu"):
+        import torch
+
+        from .modeling import load_classifier, load_encoder, set_threads
+
+        set_threads(threads)
+        self.torch = torch
+        self.device = device
+        self.kind = kind
+        model = load_encoder(hf_dir) if kind == "encoder" else load_classifier(hf_dir)
+        self.model = model.to(device)
+        if device == "cuda":
+            self.model = self.model.half()
+        self.providers = [f"torch-{device}"]
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        batch = {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
+        with torch.inference_mode():
+            out = self.model(**batch)
+        tensor = out.last_hidden_state if self.kind == "encoder" else out.logits
+        return tensor.float().cpu().numpy()
+
+
+class TextModel:
+    """A registered model version (tokenizer + runtime). `kind` is classifier, cross_encoder or encoder."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        runtime: Runtime = "onnx",
+        precision: Precision = "int8",
+        threads: int | None = None,
+        device: Device = "cpu",
+    ):
+        from .modeling import load_tokenizer
+
+        self.model_dir = Path(model_dir)
+        self.card = json.loads((self.model_dir / "model_card.json").read_text())
+        self.kind: str = self.card["kind"]
+        self.max_length: int = self.card["max_length"]
+        self.labels: list[str] | None = self.card.get("labels")
+        self.temperature: float = self.card.get("temperature", 1.0)
+        self.runtime = runtime
+        self.precision = precision if runtime == "onnx" else "fp32"
+        self.tokenizer = load_tokenizer(self.model_dir / "hf")
+        threads = threads or len(os.sched_getaffinity(0))
+        if runtime == "onnx":
+            self.backend = OrtBackend(onnx_file(self.model_dir, precision), threads, device)
+        else:
+            self.backend = TorchBackend(self.model_dir / "hf", self.kind, threads, device)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.backend.providers
+
+    def features(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(
+            list(texts), list(pairs) if pairs is not None else None,
+            padding=True, truncation=True, max_length=self.max_length, return_tensors="np",
+        )
+        return {k: enc[k].astype(np.int64) for k in ONNX_INPUTS}
+
+    def token_counts(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
+        enc = self.tokenizer(list(texts), list(pairs) if pairs is not None else None,
+                             truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        return self.backend(self.features(texts, pairs))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        feats = self.features(texts)
+        return mean_pool(self.backend(feats), feats["attention_mask"]).astype(np.float32)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Calibrated class probabilities (temperature fitted on validation)."""
+        return softmax(self.logits(texts) / self.temperature)
+
+    def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        return self.logits([query] * len(documents), documents)[:, 0]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,152 @@
+"""Seeded, deterministic fine-tuning loops for the intent classifier and the cross-encoder reranker."""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import INTENT_LABELS
+from .modeling import load_classifier, load_tokenizer, seed_everything, set_threads
+
+
+@dataclass(frozen=True)
+class IntentConfig:
+    max_length: int = 64
+    batch_size: int = 32
+    lr: float = 8e-5
+    epochs: int = 6
+    patience: int = 2  # epochs without validation macro-F1 gain before stopping
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 13
+    limit: int | None = None  # train on the first N shuffled examples (tests)
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    max_length: int = 96
+    batch_size: int = 16
+    lr: float = 4e-5
+    epochs: int = 1
+    train_queries: int = 700  # queries sampled from the training anchors (time budget: ~2 min)
+    eval_queries: int = 150  # held-out queries, each reranking the bi-encoder's top 30
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 7
+    limit: int | None = None
+
+
+def torch_logits(model, tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                 max_length: int = 128, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Batched fp32 logits, length-sorted to waste no padding."""
+    import torch
+
+    order = np.argsort([len(t) + (len(pairs[i]) if pairs else 0) for i, t in enumerate(texts)])
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=desc is None, leave=False):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
+                            padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            out[idx] = model(**enc).logits.float().numpy()
+    return out
+
+
+def _fit(model, tokenizer, batches, cfg, loss_fn, steps: int, desc: str, on_epoch=None):
+    """Shared AdamW + linear-warmup loop; `on_epoch` may return False to stop early."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(batches(epoch), total=steps // cfg.epochs, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        for texts, pairs, targets in bar:
+            enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+            loss = loss_fn(model(**enc).logits, targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_epoch is not None and on_epoch(epoch) is False:
+            break
+    model.eval()
+    return model
+
+
+def train_intent(cfg: IntentConfig, train_rows: list[dict], val_rows: list[dict]):
+    """Fine-tune the backbone for the 8 intents; keeps the epoch with the best validation macro-F1."""
+    import torch
+    from sklearn.metrics import f1_score
+
+    set_threads()
+    seed_everything(cfg.seed)
+    label_id = {label: i for i, label in enumerate(INTENT_LABELS)}
+    rows = list(train_rows)
+    random.Random(cfg.seed).shuffle(rows)
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    tokenizer = load_tokenizer()
+    model = load_classifier(num_labels=len(INTENT_LABELS),
+                            id2label=dict(enumerate(INTENT_LABELS)), label2id=label_id)
+    val_texts = [r["text"] for r in val_rows]
+    val_y = [label_id[r["label"]] for r in val_rows]
+
+    def batches(epoch: int):
+        order = list(range(len(rows)))
+        random.Random(cfg.seed + epoch).shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            chunk = [rows[i] for i in order[s:s + cfg.batch_size]]
+            yield [r["text"] for r in chunk], None, torch.tensor([label_id[r["label"]] for r in chunk])
+
+    history, best = [], {"f1": -1.0, "state": None, "epoch": -1}
+
+    def on_epoch(epoch: int):
+        logits = torch_logits(model, tokenizer, val_texts, max_length=cfg.max_length)
+        f1 = float(f1_score(val_y, logits.argmax(1), average="macro"))
+        history.append({"epoch": epoch + 1, "val_macro_f1": f1, "val_accuracy": float((logits.argmax(1) == val_y).mean())})
+        tqdm.write(f"intent epoch {epoch + 1}: validation macro-F1 {f1:.4f}")
+        if f1 > best["f1"]:
+            best.update(f1=f1, state=copy.deepcopy(model.state_dict()), epoch=epoch)
+        return epoch - best["epoch"] < cfg.patience
+
+    steps = cfg.epochs * -(-len(rows) // cfg.batch_size)
+    _fit(model, tokenizer, batches, cfg, torch.nn.functional.cross_entropy, steps, "intent", on_epoch)
+    model.load_state_dict(best["state"])
+    return model, tokenizer, history
+
+
+def train_reranker(cfg: RerankerConfig, pairs: list[tuple[str, str, float]]):
+    """Pointwise cross-encoder with graded soft targets (BCE), one linear-warmup schedule."""
+    import torch
+
+    set_threads()
+    seed_everything(cfg.seed)
+    pairs = pairs[: cfg.limit] if cfg.limit else pairs
+    tokenizer = load_tokenizer()
+    model = load_classifier(num_labels=1)
+
+    def batches(epoch: int):
+        order = list(range(len(pairs)))
+        random.Random(cfg.seed + epoch).shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            chunk = [pairs[i] for i in order[s:s + cfg.batch_size]]
+            yield [c[0] for c in chunk], [c[1] for c in chunk], torch.tensor([c[2] for c in chunk])
+
+    def loss_fn(logits, targets):
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
+
+    steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
+    return _fit(model, tokenizer, batches, cfg, loss_fn, steps, "reranker"), tokenizer

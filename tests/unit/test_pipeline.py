@@ -1,0 +1,96 @@
+"""A small but real run of the whole model pipeline: train, export, gate, register, reload, rebuild."""
+import json
+
+import numpy as np
+import pytest
+
+from models import INTENT_LABELS, build as build_module
+from models.build import BuildOptions, build, fingerprint
+from models.datasets import load_intents
+from models.export import GateError
+from models.registry import Registry
+from models.runtime import TextModel
+from models.train import IntentConfig, RerankerConfig, torch_logits, train_intent
+
+pytestmark = pytest.mark.slow
+
+SMALL = BuildOptions(
+    intent=IntentConfig(limit=160, epochs=1, batch_size=16),
+    reranker=RerankerConfig(train_queries=12, eval_queries=8, limit=48),
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    log = []
+    versions = build(SMALL, reg, log=log.append)
+    return reg, versions, log
+
+
+def test_build_registers_every_model_with_reports(built):
+    reg, versions, _ = built
+    assert set(versions) == {"embedder", "intent", "reranker"}
+    for name, version in versions.items():
+        folder = reg.verify(name, version)
+        manifest = reg.manifest(name, version)
+        assert manifest["metrics"]["gates_passed"] is True
+        for rel in ("onnx/model.fp32.onnx", "onnx/model.int8.onnx", "hf/model.safetensors", "model_card.json",
+                    "metrics.json", "data_fingerprint.json"):
+            assert rel in manifest["files"], (name, rel)
+        assert (folder / "onnx/model.int8.onnx").stat().st_size < (folder / "onnx/model.fp32.onnx").stat().st_size / 2
+    intent = reg.root / "intent" / versions["intent"]
+    assert (intent / "reports" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (intent / "reports" / "reliability.png").exists()
+    metrics = json.loads((intent / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == set(INTENT_LABELS)
+    assert metrics["gates"]["onnx_fp32_max_abs_diff"]["value"] <= 1e-4
+    rerank = json.loads((reg.root / "reranker" / versions["reranker"] / "metrics.json").read_text())
+    assert 0 <= rerank["baseline_bi_encoder"]["ndcg@10"] <= 1 and rerank["eval_queries"] == 8
+
+
+def test_second_build_is_a_no_op(built):
+    reg, versions, _ = built
+    log = []
+    assert build(SMALL, reg, log=log.append) == versions
+    assert all("up to date" in line for line in log)
+
+
+def test_changed_config_makes_a_new_version():
+    changed = BuildOptions(intent=IntentConfig(limit=160, epochs=2, batch_size=16))
+    assert fingerprint("intent", changed)[0] != fingerprint("intent", SMALL)[0]
+    assert fingerprint("embedder", changed)[0] == fingerprint("embedder", SMALL)[0]
+
+
+def test_registered_runtimes_agree(built):
+    reg, versions, _ = built
+    folder = reg.resolve("intent")
+    texts = [ex.text for ex in load_intents("test")[:64]]
+    onnx = TextModel(folder, "onnx", "fp32").logits(texts)
+    torch = TextModel(folder, "torch").logits(texts)
+    assert np.abs(onnx - torch).max() <= 1e-4
+    probs = TextModel(folder, "onnx", "int8").predict_proba(texts)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    emb = TextModel(reg.resolve("embedder"), "onnx", "int8").embed(["dark fantasy like berserk", "hi"])
+    assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_failed_gate_refuses_to_register(built, monkeypatch):
+    reg, versions, _ = built
+    monkeypatch.setitem(build_module.GATES, "intent_int8_agreement", 1.01)  # impossible
+    before = reg.versions("intent")
+    with pytest.raises(GateError, match="intent: export refused.*onnx_int8_top_label_agreement"):
+        build(BuildOptions(intent=IntentConfig(limit=96, epochs=1, batch_size=16, seed=99)), reg, only=("intent",))
+    assert reg.versions("intent") == before and reg.current("intent") == versions["intent"]
+    assert not list((reg.root / "intent").glob(".staging-*"))
+
+
+def test_training_is_deterministic():
+    rows = [r.model_dump() for r in load_intents("train")]
+    val = [r.model_dump() for r in load_intents("validation")[:32]]
+    cfg = IntentConfig(limit=48, epochs=1, batch_size=16)
+    logits = []
+    for _ in range(2):
+        model, tok, _ = train_intent(cfg, rows, val)
+        logits.append(torch_logits(model, tok, [r["text"] for r in val]))
+    assert np.array_equal(logits[0], logits[1])
