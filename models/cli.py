@@ -1,4 +1,4 @@
-"""`mangaassist` — the command line: data, build/train/eval, the registry (and serving, later)."""
+"""`mangaassist` — the command line: data, build/train/eval, the registry, indexes, serving, chat."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     dx.add_argument("--seed", type=int, default=0)
     dx.add_argument("--out", required=True)
     dx.set_defaults(func=cmd_data_expand)
+
+    from serve.cli import add_commands
+
+    add_commands(sub)
     return p
 
 

@@ -39,10 +39,8 @@ class Product(BaseModel):
                 f"{self.demographic.capitalize()} manga; genres: {', '.join(self.genres)}; themes: {', '.join(self.themes)}.")
 
 
-def series_products(series: Series, seed: int = 0) -> Iterator[Product]:
-    """Every book of every edition of one series. A book's stock follows its edition's, except that
-    a seeded ~8% of individual volumes of an in-stock edition are sold out (as in a real store)."""
-    rng = random.Random(f"{seed}:{series.id}")
+def series_products(series: Series) -> Iterator[Product]:
+    """Every book of every edition of one series; price and stock are the edition's (one source of truth)."""
     for ed in series.editions:
         whole_set = ed.edition == "box_set"
         for book in ([None] if whole_set else range(1, ed.books + 1)):
@@ -51,7 +49,7 @@ def series_products(series: Series, seed: int = 0) -> Iterator[Product]:
                 id=f"{series.id}:{ed.edition}:{book or 'set'}", series_id=series.id,
                 title=f"{series.title}, {label}", series_title=series.title, author=series.author,
                 volume=book, edition=ed.edition, edition_name=ed.name, price=ed.price,
-                in_stock=ed.in_stock and (whole_set or rng.random() > 0.08),
+                in_stock=ed.in_stock,
                 demographic=series.demographic, genres=series.genres, themes=series.themes,
                 status=series.status, year=series.year,
             )
@@ -81,5 +79,5 @@ def synthetic_products(count: int, seed: int = 0) -> Iterator[Product]:
 
 def products(catalog: tuple[Series, ...], extra: int = 0, seed: int = 0) -> Iterator[Product]:
     for series in catalog:
-        yield from series_products(series, seed)
+        yield from series_products(series)
     yield from synthetic_products(extra, seed)

@@ -40,9 +40,9 @@ def policy_docs(policies: tuple[Policy, ...]) -> list[Doc]:
     return [Doc(p.id, p.document(), "policy") for p in policies]
 
 
-def profile(series: Series) -> str:
+def profile(demographic: str, genres: list[str]) -> str:
     """What the gateway appends to a "like X" query once it has found X in the catalog."""
-    return f"({series.demographic}; {', '.join(series.genres)})"
+    return f"({demographic}; {', '.join(genres)})"
 
 
 def _words(title: str) -> set[str]:
@@ -69,7 +69,7 @@ def build_queries(catalog: tuple[Series, ...], policies: tuple[Policy, ...], see
                 continue
             shared = len(set(o.genres) & set(s.genres))
             rel[o.id] = 2 if shared >= 2 and o.demographic == s.demographic else 1 if shared >= 2 else 0
-        add(f"{like.format(t=s.title, g=s.genres[0])} {profile(s)}", "like", f"series:{s.id}", rel, [s.id])
+        add(f"{like.format(t=s.title, g=s.genres[0])} {profile(s.demographic, s.genres)}", "like", f"series:{s.id}", rel, [s.id])
 
         # title / volume / edition lookups
         edition = rng.choice(s.editions)

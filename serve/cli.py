@@ -1,0 +1,162 @@
+"""The serving side of the `mangaassist` command: index, serve, chat."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parent / "config" / "local.yaml"
+
+
+def cmd_index(args) -> int:
+    from .index import build_all
+
+    build_all(args.embedder, args.index_dir, force=args.force)
+    return 0
+
+
+def load_config(path: Path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from .config import AppArgs
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    for app in config.applications:
+        AppArgs.model_validate(app.args or {})  # fail before starting anything
+    return config
+
+
+def wait_ready(url: str, timeout: float, should_stop=lambda: False) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline and not should_stop():
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+            last = r.json()
+            if r.status_code == 200:
+                return last
+        except (httpx.HTTPError, ValueError) as exc:
+            last = {"error": str(exc)}
+        time.sleep(1)
+    raise TimeoutError(f"not ready after {timeout:.0f} s: {last}")
+
+
+def start_ray(num_cpus: int | None = None) -> None:
+    """A private local Ray on 127.0.0.1 (DESIGN §10), no dashboard."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    stale = Path("/tmp/ray/ray_current_cluster")
+    try:
+        ray.init(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
+                 _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+    except Exception:
+        if not stale.exists():
+            raise
+        stale.unlink()  # a previous cluster that did not shut down left its address behind
+        ray.init(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
+                 _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+
+
+def deploy(config) -> str:
+    """Deploy a Serve config on the running Ray; returns the HTTP base URL."""
+    from ray.serve._private import api as serve_api  # what `serve run config.yaml` itself calls
+
+    client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+    client.deploy_apps(config, _blocking=False)
+    return f"http://{config.http_options.host}:{config.http_options.port}"
+
+
+def cmd_serve(args) -> int:
+    from models.build import build
+
+    config = load_config(Path(args.config))
+    if not args.skip_build:
+        build()
+        from .index import build_all
+
+        build_all()
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    start_ray(args.num_cpus)
+    try:
+        url = deploy(config)
+        print(f"starting MangaAssist on {url} ...", flush=True)
+        wait_ready(url, args.ready_timeout, stop.is_set)
+        if not stop.is_set():
+            print(f"\nMangaAssist is ready on {url}   (OpenAPI: {url}/docs, Ctrl-C to stop)\n\n"
+                  f"  curl -s {url}/v1/chat -H 'content-type: application/json' \\\n"
+                  f"       -d '{{\"query\": \"dark fantasy manga like Berserk?\"}}'\n\n"
+                  f"  mangaassist chat \"do you ship to Canada and how long does it take\"\n", flush=True)
+        stop.wait()
+    finally:
+        print("shutting down Serve and Ray ...", flush=True)
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """Stream one answer from a running server to the terminal."""
+    import httpx
+
+    body = {"query": args.query, "stream": True, "top_k": args.top_k}
+    final = None
+    try:
+        with httpx.stream("POST", f"{args.url}/v1/chat", json=body, timeout=60) as r:
+            if r.status_code != 200:
+                r.read()
+                print(f"error {r.status_code}: {r.text}", file=sys.stderr)
+                return 1
+            event = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if event == "token":
+                        print(data["delta"], end="", flush=True)
+                    elif event == "final":
+                        final = data
+    except httpx.ConnectError:
+        print(f"error: nothing is serving on {args.url}; start it with `make run`", file=sys.stderr)
+        return 1
+    if final:
+        intent = final["intent"]
+        print(f"\n\n[{intent['label']} {intent['confidence']:.2f}"
+              f"{', low confidence' if intent['low_confidence'] else ''}] "
+              f"sources: {', '.join(s['title'] for s in final['sources']) or 'none'}"
+              f"{'; degraded: ' + ', '.join(final['degraded']) if final['degraded'] else ''}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    ix = sub.add_parser("index", help="build the FAISS indexes (catalog, policy) with the registered embedder")
+    ix.add_argument("--embedder", default="embedder")
+    ix.add_argument("--index-dir", default=None)
+    ix.add_argument("--force", action="store_true")
+    ix.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("serve", help="build what is missing, start Ray on 127.0.0.1 and serve until Ctrl-C")
+    s.add_argument("--config", default=str(CONFIG), help="a Ray Serve config file")
+    s.add_argument("--skip-build", action="store_true", help="do not build models/indexes first")
+    s.add_argument("--num-cpus", type=int, default=None)
+    s.add_argument("--ready-timeout", type=float, default=300)
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("chat", help="ask the running assistant; the answer streams in the terminal")
+    c.add_argument("query")
+    c.add_argument("--url", default="http://127.0.0.1:8000")
+    c.add_argument("--top-k", type=int, default=5)
+    c.set_defaults(func=cmd_chat)

@@ -1,0 +1,73 @@
+"""Typed application arguments: what `build_app` takes from a Serve config file or the CLI.
+
+What the app does is tuned here (models, runtimes, batching, limits, deadlines); how it is placed
+(replicas, autoscaling, `ray_actor_options`) is tuned the Ray Serve way, in the config file's
+`deployments:` section. A RayService `serveConfigV2` passes the same `args`.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    """A registered model and how to run it."""
+
+    ref: str = Field(description="registry name, name:version, or a path to a version folder")
+    runtime: Literal["onnx", "torch"] = "onnx"
+    precision: Literal["fp32", "int8"] = "int8"
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = Field(None, ge=1, description="intra-op threads; default: the replica's whole CPUs, at least 1")
+
+
+class Batching(Strict):
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class Limits(Strict):
+    """Input limits: beyond them a request is refused with 413/422, never truncated silently."""
+
+    max_query_chars: int = Field(1000, ge=1)
+    max_texts: int = Field(64, ge=1)
+    max_documents: int = Field(64, ge=1)
+    max_document_chars: int = Field(4000, ge=1)
+    max_top_k: int = Field(20, ge=1)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+
+class Timeouts(Strict):
+    """Per-stage deadlines (seconds). A late reranker or generator degrades the answer; a late
+    classifier, embedder or retriever makes it a 503 with Retry-After."""
+
+    intent: float = Field(3.0, gt=0)
+    embed: float = Field(3.0, gt=0)
+    search: float = Field(3.0, gt=0)
+    rerank: float = Field(3.0, gt=0)
+    generate: float = Field(5.0, gt=0)
+    ready: float = Field(2.0, gt=0)
+
+
+class AppArgs(Strict):
+    """Arguments of `serve.app:build_app`."""
+
+    embedder: ModelSpec = ModelSpec(ref="embedder")
+    intent: ModelSpec = ModelSpec(ref="intent")
+    reranker: ModelSpec = ModelSpec(ref="reranker")
+    index_dir: str | None = Field(None, description="FAISS indexes built by `mangaassist index` (default: under MANGAASSIST_HOME)")
+    embedder_backend: Literal["local"] = "local"
+    retriever_backend: Literal["faiss"] = "faiss"
+    generator_backend: Literal["template"] = "template"
+    low_confidence_threshold: float = Field(0.55, ge=0, le=1)
+    retrieve_k: int = Field(30, ge=1, le=200, description="candidates fetched for the reranker")
+    rerank_token_budget: int = Field(8192, ge=128, description="max tokens per reranker batch")
+    intent_batching: Batching = Batching()
+    embedder_batching: Batching = Batching()
+    reranker_batching: Batching = Batching(max_batch_size=16)
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()

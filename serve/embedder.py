@@ -1,0 +1,28 @@
+"""Embedder deployment: the local MiniLM bi-encoder (mean pooled, normalized) with dynamic batching."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from .config import Batching, ModelSpec
+from .loading import configure_batching, load_model, off_loop
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=64)
+class Embedder:
+    def __init__(self, spec: ModelSpec, batching: Batching):
+        self.model, self.info = load_model(spec)
+        self.info["dimensions"] = int(self.model.card["dimensions"])
+        configure_batching(self.embed_batch, batching)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return np.stack(await asyncio.gather(*(self.embed_batch(t) for t in texts)))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return list(await off_loop(self.model.embed, texts))
+
+    def ready(self) -> dict:
+        return self.info

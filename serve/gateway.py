@@ -1,0 +1,325 @@
+"""Gateway deployment: the FastAPI ingress — validation, limits, routing by intent, SSE, errors.
+
+Each chat request: classify -> (route by intent) -> embed -> retrieve -> rerank -> generate. The
+reranker and generator are optional for an answer: when they fail or are late, the answer still
+comes back, in retrieval order or from the in-process template, and `degraded` says so.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.pairs import profile
+
+from .config import AppArgs
+from .generator import TemplateGenerator
+from .index import FilterError, check_filters
+from .routing import asks_for_similar, index_for, order_number, volume_number
+from .schemas import (ChatRequest, ChatResponse, ClassifyResponse, EmbedResponse, ErrorResponse, RerankRequest,
+                      RerankResponse, SearchRequest, SearchResponse, TextsRequest)
+
+REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
+ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+          503: {"model": ErrorResponse}}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, type_: str, message: str, retry_after: int | None = None):
+        self.status, self.type, self.message, self.retry_after = status, type_, message, retry_after
+
+
+def error_response(status: int, type_: str, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+
+
+app = FastAPI(
+    title="MangaAssist Serve",
+    version="1.0",
+    description="The MangaAssist shopping assistant: intent classification, retrieval, reranking and grounded "
+                "answers, served as one Ray Serve application.",
+)
+
+
+BODY_LIMIT = {"bytes": 256 * 1024}  # set from Limits by the replica's Gateway
+
+
+@app.middleware("http")
+async def _body_limit(request: Request, call_next):
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > BODY_LIMIT["bytes"]:
+        return error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {BODY_LIMIT['bytes']}")
+    return await call_next(request)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError):
+    return error_response(exc.status, exc.type, exc.message, exc.retry_after)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "invalid_json", "request body is not valid UTF-8 JSON")
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors[:5])
+    return error_response(422, "validation_error", detail)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    return error_response(exc.status_code, "http_error", str(exc.detail))
+
+
+class Timer:
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    @asynccontextmanager
+    async def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round((time.perf_counter() - t0) * 1000, 2)
+
+    def total(self) -> dict[str, float]:
+        return {**self.stages, "total": round((time.perf_counter() - self.started) * 1000, 2)}
+
+    def headers(self) -> dict[str, str]:
+        return {f"x-stage-{name}-ms": f"{ms:.2f}" for name, ms in self.total().items()}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=100)
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, classifier: DeploymentHandle, embedder: DeploymentHandle, retriever: DeploymentHandle,
+                 reranker: DeploymentHandle, generator: DeploymentHandle, args: AppArgs):
+        self.classifier, self.embedder, self.retriever = classifier, embedder, retriever
+        self.reranker, self.generator = reranker, generator
+        self.args = args
+        self.limits = args.limits
+        BODY_LIMIT["bytes"] = args.limits.max_body_bytes
+        self.fallback_generator = TemplateGenerator()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    async def _call(self, name: str, response, timeout: float):
+        """Await a stage; a failure or deadline of a required stage is a 503 the client may retry."""
+        try:
+            return await asyncio.wait_for(response, timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"{name}_timeout", f"the {name} stage did not answer within {timeout:.1f} s", 1)
+        except ApiError:
+            raise
+        except Exception as exc:  # the deployment raised or is unavailable
+            raise ApiError(503, f"{name}_unavailable", f"the {name} stage failed ({type(exc).__name__})", 2)
+
+    def _query(self, text: str) -> str:
+        if not text.strip():
+            raise ApiError(400, "empty_query", "query must contain non-whitespace text")
+        if len(text) > self.limits.max_query_chars:
+            raise ApiError(413, "query_too_long", f"query is {len(text)} characters; the limit is {self.limits.max_query_chars}")
+        return text.strip()
+
+    def _top_k(self, k: int | None) -> None:
+        if k is not None and k > self.limits.max_top_k:
+            raise ApiError(422, "top_k_too_large", f"top_k is {k}; the limit is {self.limits.max_top_k}")
+
+    def _texts(self, texts: list[str], limit: int, what: str) -> list[str]:
+        if len(texts) > limit:
+            raise ApiError(413, f"too_many_{what}", f"{len(texts)} {what}; the limit is {limit}")
+        return [self._query(t) for t in texts]
+
+    @staticmethod
+    def _filters(index: str, filters) -> dict:
+        try:
+            return check_filters(index, filters.model_dump() if filters else None)
+        except FilterError as exc:
+            raise ApiError(422, "invalid_filter", str(exc))
+
+    @staticmethod
+    def _request_id(request: Request) -> str:
+        given = request.headers.get("x-request-id", "")
+        return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    def _json(self, body: dict, request_id: str, timer: Timer) -> JSONResponse:
+        return JSONResponse(body, headers={"x-request-id": request_id, **timer.headers()})
+
+    # --- the chat pipeline --------------------------------------------------------------------
+
+    async def _retrieve(self, query: str, intent: str, index: str, top_k: int, filters: dict, timer: Timer):
+        t = self.args.timeouts
+        degraded: list[str] = []
+        context: dict = {"volume": volume_number(query), "order_number": order_number(query)}
+        search_text, exclude, named = query, [], []
+        if index == "catalog":
+            async with timer.stage("lookup"):
+                named = await self._call("search", self.retriever.named_series.remote(query), t.search)
+            if intent == "recommendation" and named and asks_for_similar(query):
+                ref = named[0]
+                context["reference"] = ref["title"]
+                search_text = f"{query} {profile(ref['metadata']['demographic'], ref['metadata']['genres'])}"
+                exclude, named = [d["id"] for d in named], []
+        async with timer.stage("embed"):
+            vectors = await self._call("embed", self.embedder.embed.remote([search_text]), t.embed)
+        async with timer.stage("search"):
+            hits = await self._call("search", self.retriever.search.remote(vectors[0], index, self.args.retrieve_k,
+                                                                           filters, exclude), t.search)
+        seen = {d["id"] for d in named}
+        candidates = named + [h for h in hits if h["id"] not in seen]
+        if not candidates:
+            return [], degraded, context
+        async with timer.stage("rerank"):
+            try:
+                scores = await asyncio.wait_for(
+                    self.reranker.rerank.remote(search_text, [c["text"] for c in candidates]), t.rerank)
+                for c, s in zip(candidates, scores):
+                    c["score"] = float(s)
+                order = sorted(range(len(candidates)), key=lambda i: -candidates[i]["score"])
+            except asyncio.TimeoutError:
+                degraded.append("reranker_timeout")
+                order = list(range(len(candidates)))
+            except Exception:
+                degraded.append("reranker_unavailable")
+                order = list(range(len(candidates)))
+        ranked = [candidates[i] for i in order]
+        if named and intent != "recommendation":
+            # the series the shopper named is what they asked about
+            ranked = [c for c in ranked if c["id"] in seen] + [c for c in ranked if c["id"] not in seen]
+        return ranked[:top_k], degraded, context
+
+    async def _prepare(self, req: ChatRequest, timer: Timer):
+        query = self._query(req.query)
+        self._top_k(req.top_k)
+        t = self.args.timeouts
+        async with timer.stage("intent"):
+            prediction = (await self._call("intent", self.classifier.classify.remote([query]), t.intent))[0]
+        label, confidence = prediction["label"], prediction["confidence"]
+        low = confidence < self.args.low_confidence_threshold
+        index = index_for(label)
+        filters = self._filters(index, req.filters) if index else {}
+        sources, degraded, context = ([], [], {})
+        if index:
+            sources, degraded, context = await self._retrieve(query, label, index, req.top_k, filters, timer)
+        context["low_confidence"] = low
+        intent = {"label": label, "confidence": round(confidence, 4), "low_confidence": low}
+        return query, intent, sources, degraded, context
+
+    @staticmethod
+    def _public(sources: list[dict]) -> list[dict]:
+        return [{"id": s["id"], "title": s["title"], "score": round(float(s["score"]), 4)} for s in sources]
+
+    @app.post("/v1/chat", response_model=ChatResponse, responses=ERRORS,
+              summary="Answer a shopper's message (JSON, or Server-Sent Events with stream=true)")
+    async def chat(self, req: ChatRequest, request: Request):
+        request_id, timer = self._request_id(request), Timer()
+        query, intent, sources, degraded, context = await self._prepare(req, timer)
+        stream = req.stream or "text/event-stream" in request.headers.get("accept", "")
+        if stream:
+            return StreamingResponse(self._sse(query, intent, sources, degraded, context, request_id, timer),
+                                     media_type="text/event-stream",
+                                     headers={"x-request-id": request_id, "cache-control": "no-cache", **timer.headers()})
+        async with timer.stage("generate"):
+            try:
+                answer = await asyncio.wait_for(self.generator.generate.remote(intent["label"], query, sources, context),
+                                                self.args.timeouts.generate)
+            except Exception as exc:
+                degraded.append("generator_timeout" if isinstance(exc, asyncio.TimeoutError) else "generator_unavailable")
+                answer = self.fallback_generator.compose(intent["label"], query, sources, context)
+        body = {"answer": answer, "intent": intent, "sources": self._public(sources), "degraded": degraded,
+                "timings_ms": timer.total(), "request_id": request_id}
+        return self._json(body, request_id, timer)
+
+    async def _sse(self, query, intent, sources, degraded, context, request_id, timer):
+        parts: list[str] = []
+        t0 = time.perf_counter()
+        try:
+            gen = self.generator.options(stream=True).stream.remote(intent["label"], query, sources, context)
+            async for token in gen:
+                parts.append(token)
+                yield f"event: token\ndata: {json.dumps({'delta': token})}\n\n"
+        except Exception:  # continue from where the generator stopped, with the in-process template
+            degraded.append("generator_unavailable")
+            for token in list(self.fallback_generator.stream(intent["label"], query, sources, context))[len(parts):]:
+                parts.append(token)
+                yield f"event: token\ndata: {json.dumps({'delta': token})}\n\n"
+        timer.stages["generate"] = round((time.perf_counter() - t0) * 1000, 2)
+        final = {"answer": "".join(parts), "intent": intent, "sources": self._public(sources), "degraded": degraded,
+                 "timings_ms": timer.total(), "request_id": request_id}
+        yield f"event: final\ndata: {json.dumps(final)}\n\n"
+
+    # --- the model routes ---------------------------------------------------------------------
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, summary="Intent of each text")
+    async def classify(self, req: TextsRequest, request: Request):
+        request_id, timer = self._request_id(request), Timer()
+        texts = self._texts(req.texts, self.limits.max_texts, "texts")
+        async with timer.stage("intent"):
+            predictions = await self._call("intent", self.classifier.classify.remote(texts), self.args.timeouts.intent)
+        return self._json({"predictions": predictions}, request_id, timer)
+
+    @app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, summary="Normalized embedding of each text")
+    async def embed(self, req: TextsRequest, request: Request):
+        request_id, timer = self._request_id(request), Timer()
+        texts = self._texts(req.texts, self.limits.max_texts, "texts")
+        async with timer.stage("embed"):
+            vectors = await self._call("embed", self.embedder.embed.remote(texts), self.args.timeouts.embed)
+        info = await self._call("embed", self.embedder.ready.remote(), self.args.timeouts.ready)
+        return self._json({"embeddings": vectors.tolist(), "dimensions": int(vectors.shape[1]),
+                           "model": f"{info['model']}:{info['version']}"}, request_id, timer)
+
+    @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, summary="k-NN search with metadata filters")
+    async def search(self, req: SearchRequest, request: Request):
+        request_id, timer = self._request_id(request), Timer()
+        query = self._query(req.query)
+        self._top_k(req.top_k)
+        filters = self._filters(req.index, req.filters)
+        async with timer.stage("embed"):
+            vectors = await self._call("embed", self.embedder.embed.remote([query]), self.args.timeouts.embed)
+        async with timer.stage("search"):
+            hits = await self._call("search", self.retriever.search.remote(vectors[0], req.index, req.top_k, filters),
+                                    self.args.timeouts.search)
+        return self._json({"hits": [{k: h[k] for k in ("id", "title", "score", "metadata")} for h in hits]},
+                          request_id, timer)
+
+    @app.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS, summary="Cross-encoder relevance of documents")
+    async def rerank(self, req: RerankRequest, request: Request):
+        request_id, timer = self._request_id(request), Timer()
+        query = self._query(req.query)
+        docs = self._texts(req.documents, self.limits.max_documents, "documents")
+        too_long = [i for i, d in enumerate(docs) if len(d) > self.limits.max_document_chars]
+        if too_long:
+            raise ApiError(413, "document_too_long", f"documents {too_long[:5]} exceed {self.limits.max_document_chars} characters")
+        async with timer.stage("rerank"):
+            scores = await self._call("rerank", self.reranker.rerank.remote(query, docs), self.args.timeouts.rerank)
+        results = sorted(({"index": i, "score": round(float(s), 6)} for i, s in enumerate(scores)), key=lambda r: -r["score"])
+        return self._json({"results": results[: req.top_k or len(results)]}, request_id, timer)
+
+    # --- health -------------------------------------------------------------------------------
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz(self):
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: every deployment has loaded its model or index")
+    async def readyz(self):
+        names = ("classifier", "embedder", "retriever", "reranker", "generator")
+        results = await asyncio.gather(*(asyncio.wait_for(getattr(self, n).ready.remote(), self.args.timeouts.ready)
+                                         for n in names), return_exceptions=True)
+        status = {n: (r if not isinstance(r, BaseException) else {"error": type(r).__name__}) for n, r in zip(names, results)}
+        ready = not any(isinstance(r, BaseException) for r in results)
+        return JSONResponse({"ready": ready, "deployments": status}, status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": "5"})

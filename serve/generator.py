@@ -1,0 +1,182 @@
+"""Generator deployment: the embedded template generator (grounded, streamed word by word).
+
+Every title, price, volume count or policy fact in an answer is read from a source document
+passed in: catalog facts from the series' metadata, policy facts as verbatim sentences of the
+retrieved passage. The generator never invents one.
+"""
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator, Iterator
+
+from ray import serve
+
+GREETING = re.compile(r"\b(hi|hello|hey|hiya|yo|hola|bonjour|konnichiwa|kon'?nichiwa|ohayo|good (morning|evening|afternoon))\b", re.I)
+THANKS = re.compile(r"\b(thanks?|thank you|thx|ty|arigato|arigatou|gracias|merci|danke|salamat)\b", re.I)
+BYE = re.compile(r"\b(bye|goodbye|see ya|cya|later|adios|sayonara|ciao)\b", re.I)
+WORD = re.compile(r"[a-z0-9]+")
+STOP = frozenset("a an the and or of to in on for is are do does you your my i me it can how what when where which with "
+                 "be if at by from this that there have has will would could should get any about".split())
+CAPABILITIES = ("I can recommend manga, find series and volumes, check prices and stock, and answer questions "
+                "about shipping, returns and orders.")
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _terms(text: str) -> set[str]:
+    return {_stem(w) for w in WORD.findall(text.lower()) if w not in STOP}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) > 2]
+
+
+def money(price: float) -> str:
+    return f"${price:.2f}"
+
+
+def stock(in_stock: bool) -> str:
+    return "in stock" if in_stock else "out of stock"
+
+
+class TemplateGenerator:
+    """Composes the answer for an intent from reranked sources (dicts with id, title, text, metadata)."""
+
+    def compose(self, intent: str, query: str, sources: list[dict], context: dict | None = None) -> str:
+        context = context or {}
+        if context.get("low_confidence"):
+            return self._conservative(intent, query, sources)
+        method = getattr(self, f"_{intent}", None)
+        if intent == "chitchat" or method is None:
+            return self._chitchat(query)
+        if not sources:
+            return ("I couldn't find anything in our catalog or store policies that matches that. "
+                    "Could you rephrase, or give me a title or a topic?")
+        return method(query, sources, context)
+
+    def stream(self, *args, **kwargs) -> Iterator[str]:
+        """Word-by-word deltas whose concatenation is exactly `compose(...)`."""
+        for token in re.findall(r"\S+\s*", self.compose(*args, **kwargs)):
+            yield token
+
+    # --- catalog intents ------------------------------------------------------------------------
+
+    @staticmethod
+    def _series_line(doc: dict) -> str:
+        m = doc["metadata"]
+        return (f"{doc['title']} by {m['author']} ({m['demographic']}; {', '.join(m['genres'])}; "
+                f"{m['status']}, {m['volumes']} volumes)")
+
+    def _recommendation(self, query, sources, context):
+        lines = [f"- {self._series_line(d)}" for d in sources]
+        reference = context.get("reference")
+        intro = f"If you liked {reference}, try these:" if reference else "Here are some picks for you:"
+        return "\n".join([intro, *lines])
+
+    def _editions(self, doc: dict, volume: int | None) -> list[str]:
+        out = []
+        for e in doc["metadata"]["editions"]:
+            if volume is not None and e["edition"] == "standard":
+                out.append(f"{doc['title']}, Vol. {volume} ({e['name']}): {money(e['price'])}, {stock(e['in_stock'])}")
+            elif volume is None or e["edition"] != "standard":
+                books = f", {e['books']} books" if e["edition"] != "box_set" else ""
+                out.append(f"{doc['title']} {e['name']}{books}: {money(e['price'])}"
+                           f"{' per book' if e['edition'] != 'box_set' else ''}, {stock(e['in_stock'])}")
+        return out
+
+    def _volume_note(self, doc: dict, volume: int | None) -> str | None:
+        volumes = doc["metadata"]["volumes"]
+        if volume is not None and volume > volumes:
+            return f"{doc['title']} has {volumes} volumes, so there is no Vol. {volume}."
+        return None
+
+    def _product_search(self, query, sources, context):
+        top = sources[0]
+        volume = context.get("volume")
+        note = self._volume_note(top, volume)
+        head = note or f"Yes, we carry {self._series_line(top)}."
+        lines = [f"- {line}" for line in self._editions(top, None if note else volume)]
+        others = [d["title"] for d in sources[1:3]]
+        tail = [f"You might also be looking for: {', '.join(others)}."] if others else []
+        return "\n".join([head, *lines, *tail])
+
+    def _price_availability(self, query, sources, context):
+        top = sources[0]
+        volume = context.get("volume")
+        note = self._volume_note(top, volume)
+        lines = [f"- {line}" for line in self._editions(top, None if note else volume)]
+        return "\n".join([note or f"Prices and stock for {top['title']}:", *lines])
+
+    def _product_question(self, query, sources, context):
+        top = sources[0]
+        m = top["metadata"]
+        synopsis = _sentences(top["text"].split(f"{m['volumes']} volumes.", 1)[-1])
+        facts = (f"{top['title']} is a {m['demographic']} manga by {m['author']}, first serialized in {m['year']}. "
+                 f"It is {m['status']}, with {m['volumes']} volumes. Genres: {', '.join(m['genres'])}.")
+        return " ".join([facts, *synopsis[:1]])
+
+    # --- policy intents ---------------------------------------------------------------------------
+
+    def _quote(self, query: str, sources: list[dict], limit: int = 3) -> str:
+        """The passage sentences that share the most terms with the query, verbatim, in document order."""
+        wanted = _terms(query)
+        top = sources[0]
+        sentences = _sentences(top["text"].split(". ", 1)[1] if top["text"].startswith(top["title"] + ".") else top["text"])
+        ranked = sorted(range(len(sentences)), key=lambda i: (-len(_terms(sentences[i]) & wanted), i))
+        chosen = sorted(ranked[:limit])
+        return f"From our {top['title']} policy: " + " ".join(sentences[i] for i in chosen)
+
+    def _shipping(self, query, sources, context):
+        return self._quote(query, sources)
+
+    def _returns_refunds(self, query, sources, context):
+        return self._quote(query, sources)
+
+    def _order_status(self, query, sources, context):
+        order = context.get("order_number")
+        lead = (f"I can't see live order details here, but for order {order}: " if order
+                else "I can't see live order details here; ")
+        return lead + self._quote(query, sources)
+
+    # --- no retrieval -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _chitchat(query: str) -> str:
+        if THANKS.search(query):
+            return "You're welcome! Anything else I can help you find?"
+        if BYE.search(query):
+            return "Bye for now, and happy reading!"
+        if GREETING.search(query):
+            return f"Hi! I'm MangaAssist, the store's shopping assistant. {CAPABILITIES}"
+        return f"I'm MangaAssist, the store's shopping assistant, so that's outside what I can help with. {CAPABILITIES}"
+
+    def _conservative(self, intent: str, query: str, sources: list[dict]) -> str:
+        """Low confidence: say so, point at the closest document, state no specifics."""
+        if not sources:
+            return f"I'm not sure I understood. {CAPABILITIES} Could you rephrase?"
+        titles = ", ".join(d["title"] for d in sources[:2])
+        return (f"I'm not sure I understood. Were you asking about {titles}? "
+                "Tell me a bit more and I can give you the details.")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+class Generator:
+    """Ray Serve deployment wrapping the template generator (the Bedrock Claude backend is issue #4)."""
+
+    def __init__(self):
+        self.engine = TemplateGenerator()
+
+    def generate(self, intent: str, query: str, sources: list[dict], context: dict) -> str:
+        return self.engine.compose(intent, query, sources, context)
+
+    async def stream(self, intent: str, query: str, sources: list[dict], context: dict) -> AsyncIterator[str]:
+        for token in self.engine.stream(intent, query, sources, context):
+            yield token
+
+    def ready(self) -> dict:
+        return {"backend": "template"}

@@ -1,0 +1,45 @@
+"""A real MangaAssist application on a local Ray, on 127.0.0.1, shared by the integration tests.
+
+It builds the real models and indexes first (idempotent: seconds when the registry is current).
+"""
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve.cli import CONFIG, deploy, load_config, start_ray, wait_ready
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    from models.build import build
+    from serve.index import build_all
+
+    build()
+    build_all()
+    import ray
+    from ray import serve
+
+    config = load_config(Path(CONFIG))
+    config.http_options.port = free_port()
+    start_ray(num_cpus=2)
+    try:
+        url = deploy(config)
+        wait_ready(url, 300)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        yield c

@@ -1,0 +1,171 @@
+"""The serving parts that need no Ray: routing, parsers, the template generator, the index, config."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from models.datasets import load_catalog, load_policies
+from serve.config import AppArgs
+from serve.generator import TemplateGenerator
+from serve.index import Document, FilterError, VectorIndex, corpus, policy_passages, series_document
+from serve.retriever import TitleMatcher
+from serve.routing import asks_for_similar, index_for, order_number, volume_number
+
+CATALOG = {s.id: s for s in load_catalog()}
+
+
+def doc(series_id: str) -> dict:
+    d = series_document(CATALOG[series_id])
+    return {**d.to_json(), "score": 0.9}
+
+
+@pytest.mark.parametrize("intent,index", [("recommendation", "catalog"), ("product_search", "catalog"),
+                                          ("product_question", "catalog"), ("price_availability", "catalog"),
+                                          ("shipping", "policy"), ("returns_refunds", "policy"),
+                                          ("order_status", "policy"), ("chitchat", None)])
+def test_routing(intent, index):
+    assert index_for(intent) == index
+
+
+@pytest.mark.parametrize("text,number", [("where is my order MA-552301", "MA-552301"), ("order 4417-2210 late", "4417-2210"),
+                                         ("#88213945 not here", "88213945"), ("order no. 12345678", "12345678"),
+                                         ("do you ship to canada", None), ("one piece vol 105", None)])
+def test_order_numbers(text, number):
+    assert order_number(text) == number
+
+
+@pytest.mark.parametrize("text,volume", [("One Piece volume 105", 105), ("berserk vol. 3", 3), ("chainsaw man v.12", 12),
+                                         ("monster #5", 5), ("do you have monster", None)])
+def test_volume_numbers(text, volume):
+    assert volume_number(text) == volume
+
+
+def test_similar_detection():
+    assert asks_for_similar("dark fantasy manga like Berserk?")
+    assert asks_for_similar("if i loved monster what next")
+    assert not asks_for_similar("do you have berserk")
+
+
+def test_title_matcher_prefers_longest_titles():
+    docs = [series_document(s) for s in load_catalog()]
+    matcher = TitleMatcher(docs)
+    ids = [docs[i].id for i in matcher.find("is hunter x hunter volume 38 out? also one piece")]
+    assert ids[:2] == ["hunter-x-hunter", "one-piece"]
+    assert [docs[i].id for i in matcher.find("something like berserk")] == ["berserk"]
+    assert matcher.find("do you ship to canada") == []
+
+
+def test_generator_volume_answer_is_grounded():
+    gen = TemplateGenerator()
+    answer = gen.compose("product_search", "one piece vol 105", [doc("one-piece")], {"volume": 105})
+    standard = next(e for e in CATALOG["one-piece"].editions if e.edition == "standard")
+    assert f"One Piece, Vol. 105 (Standard Edition): ${standard.price:.2f}" in answer
+    missing = gen.compose("product_search", "monster vol 40", [doc("monster")], {"volume": 40})
+    assert "has 18 volumes, so there is no Vol. 40" in missing
+
+
+def test_generator_states_only_source_facts():
+    gen = TemplateGenerator()
+    sources = [doc("monster"), doc("pluto")]
+    answer = gen.compose("price_availability", "monster price", sources, {})
+    prices = {f"${e.price:.2f}" for e in CATALOG["monster"].editions}
+    assert set(re.findall(r"\$\d+\.\d\d", answer)) <= prices and prices <= set(re.findall(r"\$\d+\.\d\d", answer))
+    facts = gen.compose("product_question", "is monster finished", sources, {})
+    assert "completed, with 18 volumes" in facts and "Naoki Urasawa" in facts
+
+
+def test_generator_recommendation_and_policy_quote():
+    gen = TemplateGenerator()
+    rec = gen.compose("recommendation", "like berserk", [doc("claymore") if "claymore" in CATALOG else doc("monster")],
+                      {"reference": "Berserk"})
+    assert rec.startswith("If you liked Berserk")
+    canada = next(p for p in load_policies() if p.id == "shipping-canada")
+    passages = [{**d.to_json(), "score": 1.0} for d in policy_passages(canada)]
+    answer = gen.compose("shipping", "how long does shipping to canada take", passages, {})
+    quoted = answer.split("policy: ", 1)[1]
+    assert "Canada" in quoted
+    for sentence in re.split(r"(?<=[.!?])\s+", quoted):
+        assert sentence in canada.body
+
+
+def test_generator_conservative_and_chitchat():
+    gen = TemplateGenerator()
+    low = gen.compose("price_availability", "mmm", [doc("monster")], {"low_confidence": True})
+    assert "not sure" in low and "$" not in low
+    assert gen.compose("chitchat", "thanks!!", [], {}).startswith("You're welcome")
+    assert gen.compose("chitchat", "hello", [], {}).startswith("Hi!")
+    assert "".join(gen.stream("chitchat", "hello", [], {})) == gen.compose("chitchat", "hello", [], {})
+
+
+def test_policy_passages_cover_the_whole_document():
+    for policy in load_policies():
+        passages = policy_passages(policy)
+        joined = "\n".join(p.text.split(". ", 1)[1] for p in passages)
+        assert re.sub(r"\s+", " ", joined) == re.sub(r"\s+", " ", policy.body)
+        assert all(len(p.text.split()) < 250 for p in passages)
+
+
+def _index(name="catalog"):
+    docs = corpus(name)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(len(docs), 16)).astype(np.float32)
+    return VectorIndex(name, docs, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)), vecs
+
+
+def test_index_filters_match_metadata():
+    ix, vecs = _index()
+    for filters in ({"demographic": ["seinen"], "genres": ["dark fantasy"]},
+                    {"edition": "deluxe", "in_stock": True, "price_max": 40},
+                    {"price_min": 100}, {"genres": ["romance"], "demographic": ["shojo", "josei"]}):
+        hits = ix.search(vecs[0], 50, filters)
+        allowed = ix.mask(filters)
+        assert len(hits) == min(50, allowed.sum())
+        for i, _ in hits:
+            m = ix.docs[i].metadata
+            if "demographic" in filters:
+                assert m["demographic"] in filters["demographic"]
+            if "genres" in filters:
+                assert set(filters["genres"]) <= set(m["genres"])
+            if "edition" in filters:
+                assert any(e["edition"] == "deluxe" and e["in_stock"] and e["price"] <= 40 for e in m["editions"])
+            if "price_min" in filters:
+                assert any(e["price"] >= 100 for e in m["editions"])
+
+
+def test_index_search_is_exact_for_unfiltered_queries_and_excludes():
+    ix, vecs = _index()
+    q = vecs[7] / np.linalg.norm(vecs[7])
+    hits = ix.search(q, 5)
+    assert hits[0][0] == 7
+    brute = np.argsort(-(ix.vectors @ q))[:5]
+    assert [i for i, _ in hits] == brute.tolist()
+    assert ix.docs[7].id not in [ix.docs[i].id for i, _ in ix.search(q, 5, exclude=[ix.docs[7].id])]
+
+
+def test_index_roundtrip_and_filter_errors(tmp_path):
+    ix, vecs = _index("policy")
+    ix.save(tmp_path / "policy", {"embedder_version": "test"})
+    loaded = VectorIndex.load(tmp_path / "policy")
+    assert [d.id for d in loaded.docs] == [d.id for d in ix.docs]
+    assert loaded.search(vecs[3], 3) == ix.search(vecs[3], 3)
+    assert {ix.docs[i].metadata["category"] for i, _ in ix.search(vecs[0], 10, {"category": "shipping"})} == {"shipping"}
+    with pytest.raises(FilterError):
+        ix.search(vecs[0], 3, {"genres": ["romance"]})
+
+
+def test_serve_config_file_is_valid():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(Path("serve/config/local.yaml").read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    app = config.applications[0]
+    assert app.import_path == "serve.app:build_app"
+    args = AppArgs.model_validate(app.args)
+    assert args.intent.runtime == "onnx" and args.intent.precision == "int8"
+    assert {d["name"] for d in raw["applications"][0]["deployments"]} == {
+        "Gateway", "IntentClassifier", "Embedder", "Retriever", "Reranker", "Generator"}
+    assert sum(d["ray_actor_options"]["num_cpus"] for d in raw["applications"][0]["deployments"]) <= 2
+    with pytest.raises(ValueError):
+        AppArgs.model_validate({"intent": {"ref": "intent", "runtime": "tensorrt"}})
