@@ -14,13 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## build the models (train, evaluate, export, register), then serve them
+## build the models and indexes when missing, then serve on http://127.0.0.1:8000 until Ctrl-C
 run: $(STAMP)
-	$(BIN)/mangaassist build
-	$(BIN)/mangaassist models list
+	$(BIN)/mangaassist serve
 
 build: $(STAMP)
 	$(BIN)/mangaassist build
+	$(BIN)/mangaassist index
+	$(BIN)/mangaassist models list
 
 ## the whole test suite
 test: $(STAMP)

@@ -21,7 +21,7 @@ from .datasets import load_catalog, load_intents
 from .export import GATES, GateError, check_gate, enforce, export_onnx
 from .evaluate import intent_report, rerank_eval_set, reranker_queries
 from .metrics import expected_calibration_error, fit_temperature, plot_confusion, plot_reliability
-from .pairs import training_pairs
+from .pairs import training_groups
 from .paths import DATA_DIR, backbone_dir
 from .registry import Registry, RegistryError, version_for
 from .runtime import TextModel, softmax
@@ -164,9 +164,9 @@ def build_reranker(staged: Path, opts: BuildOptions, registry: Registry) -> dict
     cfg = opts.reranker
     docs, train_q, eval_q = reranker_queries(opts.data_dir)
     train_q = random.Random(cfg.seed).sample(train_q, min(cfg.train_queries, len(train_q)))
-    pairs = training_pairs(train_q, docs, cfg.seed)
+    groups = training_groups(train_q, docs, cfg.group_size, cfg.seed)
     t0 = time.time()
-    model, tokenizer = train_reranker(cfg, pairs)
+    model, tokenizer = train_reranker(cfg, groups)
     train_s = time.time() - t0
 
     evalset = rerank_eval_set(docs, eval_q, TextModel(registry.resolve("embedder"), "onnx", "fp32"), cfg.seed, cfg.eval_queries)
@@ -190,7 +190,7 @@ def build_reranker(staged: Path, opts: BuildOptions, registry: Registry) -> dict
     return {
         "ndcg@10": reranked["ndcg@10"], "mrr@10": reranked["mrr@10"],
         "baseline_bi_encoder": baseline, "ndcg@10_gain": gain, "int8": int8_rank,
-        "eval_queries": len(evalset.queries), "train_queries": len(train_q), "train_pairs": len(pairs),
+        "eval_queries": len(evalset.queries), "train_queries": len(train_q), "train_pairs": len(groups) * cfg.group_size,
         "candidates_per_query": len(evalset.candidates[0]), "train_seconds": round(train_s, 1),
         "bars": {"ndcg@10_gain": check_gate(gain, 0.05, True)},
         "gates": gates, "fused_ops": export["fused_ops"],

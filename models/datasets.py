@@ -74,6 +74,21 @@ class Policy(BaseModel):
     def document(self) -> str:
         return f"{self.title}. {self.body}"
 
+    def passages(self, target_words: int = 90) -> list[str]:
+        """Paragraph-aligned chunks of about `target_words`, each retrievable and citable on its own
+        (markdown emphasis removed: passages are quoted verbatim in answers)."""
+        paragraphs = [p.strip().replace("**", "") for p in re.split(r"\n\s*\n", self.body) if p.strip()]
+        chunks: list[list[str]] = []
+        current: list[str] = []
+        for para in paragraphs:
+            if current and sum(len(p.split()) for p in current) + len(para.split()) > target_words:
+                chunks.append(current)
+                current = []
+            current.append(para)
+        if current:
+            chunks.append(current)
+        return [f"{self.title}. " + "\n".join(chunk) for chunk in chunks]
+
 
 class IntentExample(BaseModel):
     text: str = Field(min_length=1)

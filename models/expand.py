@@ -6,6 +6,7 @@ The real products are what the store sells and what the retriever indexes; the s
 from __future__ import annotations
 
 import random
+import re
 from typing import Iterator
 
 from pydantic import BaseModel
@@ -39,6 +40,10 @@ class Product(BaseModel):
                 f"{self.demographic.capitalize()} manga; genres: {', '.join(self.genres)}; themes: {', '.join(self.themes)}.")
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def series_products(series: Series) -> Iterator[Product]:
     """Every book of every edition of one series; price and stock are the edition's (one source of truth)."""
     for ed in series.editions:
@@ -46,7 +51,7 @@ def series_products(series: Series) -> Iterator[Product]:
         for book in ([None] if whole_set else range(1, ed.books + 1)):
             label = ed.name if book is None else f"Vol. {book} ({ed.name})"
             yield Product(
-                id=f"{series.id}:{ed.edition}:{book or 'set'}", series_id=series.id,
+                id=f"{series.id}:{_slug(ed.name)}:{book or 'set'}", series_id=series.id,
                 title=f"{series.title}, {label}", series_title=series.title, author=series.author,
                 volume=book, edition=ed.edition, edition_name=ed.name, price=ed.price,
                 in_stock=ed.in_stock,

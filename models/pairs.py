@@ -37,7 +37,12 @@ def catalog_docs(catalog: tuple[Series, ...]) -> list[Doc]:
 
 
 def policy_docs(policies: tuple[Policy, ...]) -> list[Doc]:
-    return [Doc(p.id, p.document(), "policy") for p in policies]
+    """Policy passages, as the retriever indexes them (ids `<policy>#<n>`)."""
+    return [Doc(f"{p.id}#{n}", text, "policy") for p in policies for n, text in enumerate(p.passages())]
+
+
+_STOP = frozenset("a an the and or of to in on for is are be we you your our us it its this that with from by at as "
+                  "if not no can may will within any all each per than then".split())
 
 
 def profile(demographic: str, genres: list[str]) -> str:
@@ -52,12 +57,12 @@ def _words(title: str) -> set[str]:
 def build_queries(catalog: tuple[Series, ...], policies: tuple[Policy, ...], seed: int = 7) -> list[RankQuery]:
     rng = random.Random(seed)
     queries: list[RankQuery] = []
-    by_id = {s.id: s for s in catalog}
 
     def add(text, kind, anchor, relevance, hard=(), index="catalog"):
         relevance = {k: v for k, v in relevance.items() if v > 0}
         if relevance:
-            queries.append(RankQuery(text, kind, anchor, index, relevance, [h for h in hard if h not in relevance]))
+            queries.append(RankQuery(text, kind, anchor, index, relevance,
+                                     list(dict.fromkeys(h for h in hard if h not in relevance))))
 
     for s in catalog:
         # "like X": same demographic and >=2 shared genres is the best answer; X itself never is
@@ -121,12 +126,25 @@ def build_queries(catalog: tuple[Series, ...], policies: tuple[Policy, ...], see
         hard = [o.id for o in catalog if genre in o.genres and not ok(o)]
         add(text, "attribute", f"attr:{variant}:{genre}", rel, rng.sample(hard, min(4, len(hard))))
 
+    # policy questions at passage level: title questions, and pseudo-queries made of a passage
+    # sentence's content words (a shopper asks with the words the answer contains)
+    passages = {p.id: p.passages() for p in policies}
     for p in policies:
-        topic = p.title.lower()
-        for template in ["{t}?", "question about {t}", "can you explain your {t} policy"]:
-            rel = {o.id: 2 if o.id == p.id else 1 if o.category == p.category else 0 for o in policies}
-            hard = [o.id for o in policies if o.category == p.category and o.id != p.id]
-            add(template.format(t=topic), "policy", f"policy:{p.id}", rel, hard, index="policy")
+        same_cat = [f"{o.id}#{n}" for o in policies if o.category == p.category and o.id != p.id
+                    for n in range(len(passages[o.id]))]
+        own = [f"{p.id}#{n}" for n in range(len(passages[p.id]))]
+        text = rng.choice(["{t}?", "question about {t}", "can you explain your {t} policy"]).format(t=p.title.lower())
+        add(text, "policy", f"policy:{p.id}", {d: 2 if d.endswith("#0") else 1 for d in own}, same_cat, index="policy")
+        for n, passage in enumerate(passages[p.id]):
+            sentences = [x for x in re.split(r"(?<=[.!?])\s+", passage.split(". ", 1)[-1]) if len(x.split()) > 5]
+            if not sentences:
+                continue
+            words = [w for w in re.findall(r"[a-z0-9$']+", rng.choice(sentences).lower()) if w not in _STOP]
+            start = rng.randrange(max(1, len(words) - 5))
+            query = " ".join(words[start:start + rng.randint(3, 6)])
+            prefix = rng.choice(["", "", "how does ", "what about ", "do you ", "question: "])
+            rel = {d: 2 if d == f"{p.id}#{n}" else 1 for d in own}
+            add(prefix + query, "passage", f"policy:{p.id}", rel, same_cat, index="policy")
     return queries
 
 
@@ -141,25 +159,25 @@ def split_queries(queries: list[RankQuery], eval_fraction: float = 0.2, seed: in
     return train, evaluation
 
 
-def training_pairs(queries: list[RankQuery], docs: dict[str, Doc], seed: int = 7,
-                   positives: int = 3, hard: int = 2, easy: int = 1) -> list[tuple[str, str, float]]:
-    """(query, document text, target in [0, 1]) with graded positives, hard and random negatives."""
+def training_groups(queries: list[RankQuery], docs: dict[str, Doc], group_size: int = 8,
+                    seed: int = 7) -> list[tuple[str, list[str]]]:
+    """Listwise examples: (query, [one best document, then group_size-1 worse ones]).
+
+    The worse ones are hard negatives first, then partially relevant documents (when the positive
+    is fully relevant), then random documents of the same index."""
     rng = random.Random(seed)
     by_index: dict[str, list[str]] = {}
     for d in docs.values():
         by_index.setdefault(d.index, []).append(d.id)
-    pairs = []
+    groups = []
     for q in queries:
-        ranked = sorted(q.relevance.items(), key=lambda kv: (-kv[1], kv[0]))
-        top = [kv for kv in ranked if kv[1] == 2]
-        chosen = rng.sample(top, min(positives, len(top)))
-        partial = [kv for kv in ranked if kv[1] == 1]
-        if partial and len(chosen) < positives + 1:
-            chosen.append(rng.choice(partial))
-        negatives = rng.sample(q.hard_negatives, min(hard, len(q.hard_negatives)))
-        pool = [d for d in by_index[q.index] if d not in q.relevance and d not in negatives]
-        negatives += rng.sample(pool, min(easy, len(pool)))
-        pairs += [(q.text, docs[d].text, rel / 2) for d, rel in chosen]
-        pairs += [(q.text, docs[d].text, 0.0) for d in negatives]
-    rng.shuffle(pairs)
-    return pairs
+        best = max(q.relevance.values())
+        positive = rng.choice(sorted(d for d, r in q.relevance.items() if r == best))
+        worse = rng.sample(q.hard_negatives, min(group_size // 2, len(q.hard_negatives)))
+        partial = sorted(d for d, r in q.relevance.items() if r < best)
+        worse += rng.sample(partial, min(2, len(partial)))
+        pool = [d for d in by_index[q.index] if d not in q.relevance and d not in worse]
+        worse += rng.sample(pool, group_size - 1 - len(worse))
+        groups.append((q.text, [docs[positive].text] + [docs[d].text for d in worse]))
+    rng.shuffle(groups)
+    return groups

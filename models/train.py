@@ -18,25 +18,28 @@ class IntentConfig:
     max_length: int = 64
     batch_size: int = 32
     lr: float = 8e-5
-    epochs: int = 6
+    epochs: int = 8
     patience: int = 2  # epochs without validation macro-F1 gain before stopping
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 13
+    bf16: bool = True  # autocast on CPUs with AMX/AVX512-BF16 (2.3x faster here); fp32 master weights
     limit: int | None = None  # train on the first N shuffled examples (tests)
 
 
 @dataclass(frozen=True)
 class RerankerConfig:
-    max_length: int = 96
-    batch_size: int = 16
-    lr: float = 4e-5
+    max_length: int = 112
+    group_size: int = 8  # listwise: one best document and 7 worse ones per query
+    batch_size: int = 2  # queries per step (x group_size pairs)
+    lr: float = 5e-5
     epochs: int = 1
-    train_queries: int = 700  # queries sampled from the training anchors (time budget: ~2 min)
+    train_queries: int = 600  # queries sampled from the training anchors (time budget: ~2 min)
     eval_queries: int = 150  # held-out queries, each reranking the bi-encoder's top 30
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 7
+    bf16: bool = True
     limit: int | None = None
 
 
@@ -57,10 +60,21 @@ def torch_logits(model, tokenizer, texts: Sequence[str], pairs: Sequence[str] | 
     return out
 
 
+def bf16_supported() -> bool:
+    """bf16 autocast pays on CPUs with AMX or AVX512-BF16; elsewhere it is slower than fp32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def _fit(model, tokenizer, batches, cfg, loss_fn, steps: int, desc: str, on_epoch=None):
     """Shared AdamW + linear-warmup loop; `on_epoch` may return False to stop early."""
     import torch
     from transformers import get_linear_schedule_with_warmup
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and bf16_supported())
 
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
@@ -74,7 +88,9 @@ def _fit(model, tokenizer, batches, cfg, loss_fn, steps: int, desc: str, on_epoc
         bar = tqdm(batches(epoch), total=steps // cfg.epochs, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         for texts, pairs, targets in bar:
             enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
-            loss = loss_fn(model(**enc).logits, targets)
+            with autocast:
+                logits = model(**enc).logits
+            loss = loss_fn(logits.float(), targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -128,25 +144,27 @@ def train_intent(cfg: IntentConfig, train_rows: list[dict], val_rows: list[dict]
     return model, tokenizer, history
 
 
-def train_reranker(cfg: RerankerConfig, pairs: list[tuple[str, str, float]]):
-    """Pointwise cross-encoder with graded soft targets (BCE), one linear-warmup schedule."""
+def train_reranker(cfg: RerankerConfig, groups: list[tuple[str, list[str]]]):
+    """Listwise cross-encoder: softmax cross-entropy over each query's group, the best document first."""
     import torch
 
     set_threads()
     seed_everything(cfg.seed)
-    pairs = pairs[: cfg.limit] if cfg.limit else pairs
+    groups = groups[: cfg.limit] if cfg.limit else groups
     tokenizer = load_tokenizer()
     model = load_classifier(num_labels=1)
 
     def batches(epoch: int):
-        order = list(range(len(pairs)))
+        order = list(range(len(groups)))
         random.Random(cfg.seed + epoch).shuffle(order)
         for s in range(0, len(order), cfg.batch_size):
-            chunk = [pairs[i] for i in order[s:s + cfg.batch_size]]
-            yield [c[0] for c in chunk], [c[1] for c in chunk], torch.tensor([c[2] for c in chunk])
+            chunk = [groups[i] for i in order[s:s + cfg.batch_size]]
+            queries = [q for q, docs in chunk for _ in docs]
+            docs = [d for _, ds in chunk for d in ds]
+            yield queries, docs, torch.zeros(len(chunk), dtype=torch.long)
 
     def loss_fn(logits, targets):
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
+        return torch.nn.functional.cross_entropy(logits.view(len(targets), -1), targets)
 
-    steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
+    steps = cfg.epochs * -(-len(groups) // cfg.batch_size)
     return _fit(model, tokenizer, batches, cfg, loss_fn, steps, "reranker"), tokenizer

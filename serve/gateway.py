@@ -4,7 +4,6 @@ Each chat request: classify -> (route by intent) -> embed -> retrieve -> rerank 
 reranker and generator are optional for an answer: when they fail or are late, the answer still
 comes back, in retrieval order or from the in-process template, and `degraded` says so.
 """
-from __future__ import annotations
 
 import asyncio
 import json

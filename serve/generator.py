@@ -139,8 +139,8 @@ class TemplateGenerator:
 
     def _order_status(self, query, sources, context):
         order = context.get("order_number")
-        lead = (f"I can't see live order details here, but for order {order}: " if order
-                else "I can't see live order details here; ")
+        lead = (f"I can't look up live orders here, so I can't see order {order} itself. " if order
+                else "I can't look up live orders here. ")
         return lead + self._quote(query, sources)
 
     # --- no retrieval -----------------------------------------------------------------------------

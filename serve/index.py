@@ -7,7 +7,6 @@ an index is always queried with the embedder that built it.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,20 +52,9 @@ def series_document(series: Series) -> Document:
     })
 
 
-def policy_passages(policy: Policy, target_words: int = 90) -> list[Document]:
-    """Paragraph-aligned passages of ~target_words, each retrievable and citable on its own."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", policy.body) if p.strip()]
-    chunks, current = [], []
-    for para in paragraphs:
-        if current and sum(len(p.split()) for p in current) + len(para.split()) > target_words:
-            chunks.append(current)
-            current = []
-        current.append(para)
-    if current:
-        chunks.append(current)
-    return [Document(f"{policy.id}#{n}", policy.title, f"{policy.title}. " + "\n".join(chunk),
-                     {"policy_id": policy.id, "category": policy.category, "passage": n})
-            for n, chunk in enumerate(chunks)]
+def policy_passages(policy: Policy) -> list[Document]:
+    return [Document(f"{policy.id}#{n}", policy.title, text, {"policy_id": policy.id, "category": policy.category, "passage": n})
+            for n, text in enumerate(policy.passages())]
 
 
 def corpus(name: str) -> list[Document]:

@@ -16,7 +16,7 @@ def index_for(intent: str) -> str | None:
     return None
 
 
-_VOLUME = re.compile(r"\b(?:vol(?:ume)?s?\.?|v\.|tomo|band|#)\s*(\d{1,3})\b", re.I)
+_VOLUME = re.compile(r"(?:\b(?:vol(?:ume)?s?\.?|v\.|tomo|band)|#)\s*(\d{1,3})\b", re.I)
 _ORDER = re.compile(
     r"\b(MA-\d{6})\b"                       # current format
     r"|(?<![\w-])(\d{4}-\d{4})(?![\w-])"    # 4417-2210

@@ -4,7 +4,7 @@ import pytest
 
 from models.datasets import load_catalog, load_policies
 from models.expand import products, series_products, synthetic_products
-from models.pairs import build_queries, catalog_docs, policy_docs, split_queries, training_pairs
+from models.pairs import build_queries, catalog_docs, policy_docs, split_queries, training_groups
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,14 @@ def test_author_queries_grade_the_authors_works(queries):
         assert set(q.relevance) == {s.id for s in catalog if s.author == author}
 
 
-def test_policy_queries_stay_in_the_policy_index(queries):
-    policy = [q for q in queries if q.kind == "policy"]
-    assert policy and all(q.index == "policy" for q in policy)
+def test_policy_queries_judge_passages_of_their_policy(queries):
+    policy = [q for q in queries if q.kind in ("policy", "passage")]
+    assert len(policy) >= 100 and all(q.index == "policy" for q in policy)
     for q in policy:
-        assert q.relevance[q.anchor.split(":", 1)[1]] == 2
+        policy_id = q.anchor.split(":", 1)[1]
+        assert {d.split("#")[0] for d in q.relevance} == {policy_id}
+        assert sum(r == 2 for r in q.relevance.values()) == 1
+        assert all(h.split("#")[0] != policy_id for h in q.hard_negatives)
 
 
 def test_split_by_anchor_is_disjoint(queries):
@@ -46,13 +49,19 @@ def test_split_by_anchor_is_disjoint(queries):
     assert not {q.anchor for q in train} & {q.anchor for q in held}
 
 
-def test_training_pairs_have_hard_negatives_and_graded_targets(queries):
+def test_training_groups_put_the_best_document_first(queries):
     docs = {d.id: d for d in catalog_docs(load_catalog()) + policy_docs(load_policies())}
-    pairs = training_pairs(queries[:200], docs)
-    targets = {t for _, _, t in pairs}
-    assert targets <= {0.0, 0.5, 1.0} and {0.0, 1.0} <= targets
-    negatives = sum(t == 0.0 for _, _, t in pairs)
-    assert negatives >= len(pairs) / 4
+    text_to_id = {d.text: d.id for d in docs.values()}
+    by_text = {q.text: q for q in queries}
+    groups = training_groups(queries[:300], docs, group_size=8)
+    assert len(groups) == 300
+    for query, group in groups:
+        q = by_text[query]
+        ids = [text_to_id[t] for t in group]
+        assert len(ids) == 8 == len(set(ids))
+        best = max(q.relevance.values())
+        assert q.relevance[ids[0]] == best
+        assert all(q.relevance.get(i, 0) < best for i in ids[1:])
 
 
 def test_products_expand_every_book_of_every_edition():
@@ -63,12 +72,14 @@ def test_products_expand_every_book_of_every_edition():
     assert len({p.id for p in rows}) == len(rows)
     berserk = [p for p in series_products(next(s for s in catalog if s.title == "Berserk"))]
     assert all(p.author == "Kentaro Miura" for p in berserk)
-    assert all(not p.in_stock for p in rows if not next(e for s in catalog if s.id == p.series_id
-                                                       for e in s.editions if e.edition == p.edition).in_stock)
+    editions = {(s.id, e.name): e for s in catalog for e in s.editions}
+    for p in rows:
+        edition = editions[(p.series_id, p.edition_name)]
+        assert (p.price, p.in_stock) == (edition.price, edition.in_stock)
 
 
 def test_expansion_is_seeded_and_scales():
     a = [p.model_dump() for p in islice(synthetic_products(10**6, seed=3), 500)]
     b = [p.model_dump() for p in islice(synthetic_products(10**6, seed=3), 500)]
     assert a == b and all(p["synthetic"] for p in a)
-    assert len({p["id"] for p in synthetic_products(20000, seed=1)}) == 20000
+    assert len({p.id for p in synthetic_products(20000, seed=1)}) == 20000
