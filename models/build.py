@@ -18,13 +18,13 @@ import numpy as np
 
 from . import INTENT_LABELS
 from .datasets import load_catalog, load_intents
-from .export import GATES, GateError, check_gate, enforce, export_onnx
+from .export import GATES, SELECTION_MARGIN, GateError, check_gate, enforce, export_onnx, quantize
 from .evaluate import intent_report, rerank_eval_set, reranker_queries
 from .metrics import expected_calibration_error, fit_temperature, plot_confusion, plot_reliability
 from .pairs import training_groups
 from .paths import DATA_DIR, backbone_dir
 from .registry import Registry, RegistryError, version_for
-from .runtime import TextModel, softmax
+from .runtime import OrtBackend, TextModel, softmax
 from .train import IntentConfig, RerankerConfig, torch_logits, train_intent, train_reranker
 
 MODELS = ("embedder", "intent", "reranker")
@@ -86,15 +86,24 @@ def build_embedder(staged: Path, opts: BuildOptions) -> dict:
     _save_hf(model, tokenizer, staged)
     _model_card(staged, "encoder", 256, dimensions=model.config.hidden_size, pooling="mean+l2")
     export = export_onnx(model, tokenizer, "encoder", staged)
-    texts = [s.document() for s in load_catalog(opts.data_dir / "catalog.jsonl")][:128]
-    texts += [r.text for r in load_intents("test", opts.data_dir / "intents")][:128]
+    catalog = [s.document() for s in load_catalog(opts.data_dir / "catalog.jsonl")]
+    texts = catalog[:128] + [r.text for r in load_intents("test", opts.data_dir / "intents")][:128]
+    val_texts = catalog[128:256] + [r.text for r in load_intents("validation", opts.data_dir / "intents")][:128]
+    fp32 = TextModel(staged, "onnx", "fp32", threads=None)
+    val_ref = fp32.embed(val_texts)
+    val_feats = fp32.features(val_texts)
+
+    def accept(int8_path):
+        pooled = mean_pool(OrtBackend(int8_path)(val_feats), val_feats["attention_mask"])
+        return float((pooled * val_ref).sum(axis=1).mean()) >= GATES["embedder_int8_cosine"] + SELECTION_MARGIN
+
+    quantized = quantize(staged, accept)
     import torch
 
     enc = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.inference_mode():
         hidden = model(**enc).last_hidden_state.numpy()
     ref = mean_pool(hidden, enc["attention_mask"].numpy())
-    fp32 = TextModel(staged, "onnx", "fp32", threads=None)
     int8 = TextModel(staged, "onnx", "int8", threads=None)
     # compare what the embedder serves (pooled, normalized): padded positions' hidden states are meaningless
     fp32_diff = float(np.abs(fp32.embed(texts) - ref).max())
@@ -104,7 +113,7 @@ def build_embedder(staged: Path, opts: BuildOptions) -> dict:
         "onnx_int8_mean_cosine": check_gate(float(cos.mean()), GATES["embedder_int8_cosine"], higher_is_better=True),
     }
     enforce(gates, "embedder")
-    return {"gates": gates, "int8_min_cosine": float(cos.min()), "fused_ops": export["fused_ops"]}
+    return {"gates": gates, "int8_min_cosine": float(cos.min()), "fused_ops": export["fused_ops"], "quantization": quantized}
 
 
 # --- intent classifier ----------------------------------------------------------------------------
@@ -134,6 +143,13 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
     _save_hf(model, tokenizer, staged)
     _model_card(staged, "classifier", cfg.max_length, labels=list(INTENT_LABELS), temperature=temperature)
     export = export_onnx(model, tokenizer, "classifier", staged)
+    val_feats = TextModel(staged, "onnx", "fp32").features([r["text"] for r in split["validation"]])
+
+    def accept(int8_path):
+        agreement = (OrtBackend(int8_path)(val_feats).argmax(1) == val_logits.argmax(1)).mean()
+        return agreement >= GATES["intent_int8_agreement"] + SELECTION_MARGIN
+
+    quantized = quantize(staged, accept)
     fp32 = TextModel(staged, "onnx", "fp32").logits(test_texts)
     int8 = TextModel(staged, "onnx", "int8").logits(test_texts)
     int8_pred = int8.argmax(1)
@@ -150,7 +166,7 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
         "per_class": report["per_class"], "confusion_matrix": report["confusion_matrix"],
         "history": history, "train_seconds": round(train_s, 1),
         "split_sizes": {s: len(rows) for s, rows in split.items()},
-        "gates": gates, "fused_ops": export["fused_ops"],
+        "gates": gates, "fused_ops": export["fused_ops"], "quantization": quantized,
     }
     metrics["bars"] = {k: check_gate(metrics[k], v, not k.startswith("test_ece")) for k, v in BARS["intent"].items()}
     return metrics
@@ -163,16 +179,28 @@ def build_reranker(staged: Path, opts: BuildOptions, registry: Registry) -> dict
 
     cfg = opts.reranker
     docs, train_q, eval_q = reranker_queries(opts.data_dir)
-    train_q = random.Random(cfg.seed).sample(train_q, min(cfg.train_queries, len(train_q)))
+    rng = random.Random(cfg.seed)
+    rng.shuffle(train_q)
+    # queries of the training anchors not trained on: the validation set for choosing the int8 policy
+    train_q, val_q = train_q[: cfg.train_queries], train_q[cfg.train_queries:]
     groups = training_groups(train_q, docs, cfg.group_size, cfg.seed)
     t0 = time.time()
     model, tokenizer = train_reranker(cfg, groups)
     train_s = time.time() - t0
 
-    evalset = rerank_eval_set(docs, eval_q, TextModel(registry.resolve("embedder"), "onnx", "fp32"), cfg.seed, cfg.eval_queries)
+    embedder = TextModel(registry.resolve("embedder"), "onnx", "fp32")
+    evalset = rerank_eval_set(docs, eval_q, embedder, cfg.seed, cfg.eval_queries)
+    valset = rerank_eval_set(docs, val_q, embedder, cfg.seed, max(cfg.eval_queries // 3, 4))
     _save_hf(model, tokenizer, staged)
     _model_card(staged, "cross_encoder", cfg.max_length)
     export = export_onnx(model, tokenizer, "cross_encoder", staged)
+    val_fp32 = valset.evaluate(valset.score_with(TextModel(staged, "onnx", "fp32")))["ndcg@10"]
+
+    def accept(int8_path):
+        scores = valset.score_with(TextModel(staged, "onnx", "int8"))
+        return val_fp32 - valset.evaluate(scores)["ndcg@10"] <= GATES["reranker_int8_ndcg_drop"] - SELECTION_MARGIN
+
+    quantized = quantize(staged, accept)
     # ranking quality from ONNX fp32 (2x faster than torch, and parity-checked against it just below)
     fp32_scores = evalset.score_with(TextModel(staged, "onnx", "fp32"), desc="reranker eval onnx fp32")
     int8_scores = evalset.score_with(TextModel(staged, "onnx", "int8"), desc="reranker eval onnx int8")
@@ -193,7 +221,7 @@ def build_reranker(staged: Path, opts: BuildOptions, registry: Registry) -> dict
         "eval_queries": len(evalset.queries), "train_queries": len(train_q), "train_pairs": len(groups) * cfg.group_size,
         "candidates_per_query": len(evalset.candidates[0]), "train_seconds": round(train_s, 1),
         "bars": {"ndcg@10_gain": check_gate(gain, 0.05, True)},
-        "gates": gates, "fused_ops": export["fused_ops"],
+        "gates": gates, "fused_ops": export["fused_ops"], "quantization": quantized,
     }
 
 
@@ -224,6 +252,15 @@ def build(opts: BuildOptions | None = None, registry: Registry | None = None, on
         staged = registry.staging(name)
         try:
             metrics = builders[name](staged, opts)
+        except GateError as exc:
+            # keep what was refused for inspection, outside the registered versions
+            refused = registry.root / name / ".refused" / version
+            shutil.rmtree(refused, ignore_errors=True)
+            refused.parent.mkdir(parents=True, exist_ok=True)
+            (staged / "gates.json").write_text(json.dumps(exc.gates, indent=2))
+            staged.rename(refused)
+            log(f"{name}: refused; artifacts kept in {refused}")
+            raise
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise

@@ -25,11 +25,11 @@ def onnx_file(model_dir: Path, precision: Precision) -> Path:
 
 
 class OrtBackend:
-    def __init__(self, path: Path, threads: int, device: Device = "cpu"):
+    def __init__(self, path: Path, threads: int | None = None, device: Device = "cpu"):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # replicas share cores: spinning threads would steal them from each other (DESIGN §4)

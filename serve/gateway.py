@@ -112,6 +112,7 @@ class Gateway:
         self.limits = args.limits
         BODY_LIMIT["bytes"] = args.limits.max_body_bytes
         self.fallback_generator = TemplateGenerator()
+        self.embedder_name: str | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -276,9 +277,11 @@ class Gateway:
         texts = self._texts(req.texts, self.limits.max_texts, "texts")
         async with timer.stage("embed"):
             vectors = await self._call("embed", self.embedder.embed.remote(texts), self.args.timeouts.embed)
-        info = await self._call("embed", self.embedder.ready.remote(), self.args.timeouts.ready)
+        if self.embedder_name is None:  # the same for every replica of this app: ask once
+            info = await self._call("embed", self.embedder.ready.remote(), self.args.timeouts.ready)
+            self.embedder_name = f"{info['model']}:{info['version']}"
         return self._json({"embeddings": vectors.tolist(), "dimensions": int(vectors.shape[1]),
-                           "model": f"{info['model']}:{info['version']}"}, request_id, timer)
+                           "model": self.embedder_name}, request_id, timer)
 
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, summary="k-NN search with metadata filters")
     async def search(self, req: SearchRequest, request: Request):
