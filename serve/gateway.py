@@ -24,7 +24,7 @@ from models.pairs import profile
 from .config import AppArgs
 from .generator import TemplateGenerator
 from .index import FilterError, check_filters
-from .routing import asks_for_similar, index_for, order_number, volume_number
+from .routing import asks_for_similar, index_for, order_number, similarity, volume_number
 from .schemas import (ChatRequest, ChatResponse, ClassifyResponse, EmbedResponse, ErrorResponse, RerankRequest,
                       RerankResponse, SearchRequest, SearchResponse, TextsRequest)
 
@@ -78,6 +78,8 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException):
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI's undecodable body
+        return error_response(400, "invalid_json", "request body is not valid UTF-8 JSON")
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
@@ -138,10 +140,16 @@ class Gateway:
         if k is not None and k > self.limits.max_top_k:
             raise ApiError(422, "top_k_too_large", f"top_k is {k}; the limit is {self.limits.max_top_k}")
 
-    def _texts(self, texts: list[str], limit: int, what: str) -> list[str]:
+    def _texts(self, texts: list[str], limit: int, what: str, max_chars: int | None = None) -> list[str]:
         if len(texts) > limit:
             raise ApiError(413, f"too_many_{what}", f"{len(texts)} {what}; the limit is {limit}")
-        return [self._query(t) for t in texts]
+        max_chars = max_chars or self.limits.max_query_chars
+        too_long = [i for i, t in enumerate(texts) if len(t) > max_chars]
+        if too_long:
+            raise ApiError(413, f"{what.rstrip('s')}_too_long", f"{what} {too_long[:5]} exceed {max_chars} characters")
+        if any(not t.strip() for t in texts):
+            raise ApiError(400, "empty_query", f"every one of the {what} must contain non-whitespace text")
+        return [t.strip() for t in texts]
 
     @staticmethod
     def _filters(index: str, filters) -> dict:
@@ -152,11 +160,16 @@ class Gateway:
 
     @staticmethod
     def _request_id(request: Request) -> str:
+        """Ray Serve's own request id: the client's `x-request-id` when it sent one, else generated;
+        the proxy puts it on every response (and in Serve's access logs), so ours is the same."""
+        rid = serve.context._get_serve_request_context().request_id
+        if rid:
+            return rid
         given = request.headers.get("x-request-id", "")
         return given if REQUEST_ID.match(given) else uuid.uuid4().hex
 
     def _json(self, body: dict, request_id: str, timer: Timer) -> JSONResponse:
-        return JSONResponse(body, headers={"x-request-id": request_id, **timer.headers()})
+        return JSONResponse(body, headers=timer.headers())
 
     # --- the chat pipeline --------------------------------------------------------------------
 
@@ -164,14 +177,15 @@ class Gateway:
         t = self.args.timeouts
         degraded: list[str] = []
         context: dict = {"volume": volume_number(query), "order_number": order_number(query)}
-        search_text, exclude, named = query, [], []
+        search_text, exclude, named, reference = query, [], [], None
         if index == "catalog":
             async with timer.stage("lookup"):
                 named = await self._call("search", self.retriever.named_series.remote(query), t.search)
             if intent == "recommendation" and named and asks_for_similar(query):
-                ref = named[0]
-                context["reference"] = ref["title"]
-                search_text = f"{query} {profile(ref['metadata']['demographic'], ref['metadata']['genres'])}"
+                reference = named[0]
+                context["reference"] = reference["title"]
+                meta = reference["metadata"]
+                search_text = f"{query} {profile(meta['demographic'], meta['genres'])}"
                 exclude, named = [d["id"] for d in named], []
         async with timer.stage("embed"):
             vectors = await self._call("embed", self.embedder.embed.remote([search_text]), t.embed)
@@ -187,7 +201,9 @@ class Gateway:
                 scores = await asyncio.wait_for(
                     self.reranker.rerank.remote(search_text, [c["text"] for c in candidates]), t.rerank)
                 for c, s in zip(candidates, scores):
-                    c["score"] = float(s)
+                    # "like X": blend relevance with item-to-item similarity to X
+                    c["score"] = float(s) if reference is None else \
+                        0.5 * float(s) + 0.5 * similarity(reference["metadata"], c["metadata"])
                 order = sorted(range(len(candidates)), key=lambda i: -candidates[i]["score"])
             except asyncio.TimeoutError:
                 degraded.append("reranker_timeout")
@@ -231,7 +247,7 @@ class Gateway:
         if stream:
             return StreamingResponse(self._sse(query, intent, sources, degraded, context, request_id, timer),
                                      media_type="text/event-stream",
-                                     headers={"x-request-id": request_id, "cache-control": "no-cache", **timer.headers()})
+                                     headers={"cache-control": "no-cache", **timer.headers()})
         async with timer.stage("generate"):
             try:
                 answer = await asyncio.wait_for(self.generator.generate.remote(intent["label"], query, sources, context),
@@ -301,10 +317,7 @@ class Gateway:
     async def rerank(self, req: RerankRequest, request: Request):
         request_id, timer = self._request_id(request), Timer()
         query = self._query(req.query)
-        docs = self._texts(req.documents, self.limits.max_documents, "documents")
-        too_long = [i for i, d in enumerate(docs) if len(d) > self.limits.max_document_chars]
-        if too_long:
-            raise ApiError(413, "document_too_long", f"documents {too_long[:5]} exceed {self.limits.max_document_chars} characters")
+        docs = self._texts(req.documents, self.limits.max_documents, "documents", self.limits.max_document_chars)
         async with timer.stage("rerank"):
             scores = await self._call("rerank", self.reranker.rerank.remote(query, docs), self.args.timeouts.rerank)
         results = sorted(({"index": i, "score": round(float(s), 6)} for i, s in enumerate(scores)), key=lambda r: -r["score"])

@@ -123,13 +123,17 @@ class TemplateGenerator:
     # --- policy intents ---------------------------------------------------------------------------
 
     def _quote(self, query: str, sources: list[dict], limit: int = 3) -> str:
-        """The passage sentences that share the most terms with the query, verbatim, in document order."""
+        """The sentences of the top policy (its passages among the sources) that share the most
+        terms with the question, verbatim, in document order. Headings ("...:") are not facts."""
         wanted = _terms(query)
-        top = sources[0]
-        sentences = _sentences(top["text"].split(". ", 1)[1] if top["text"].startswith(top["title"] + ".") else top["text"])
+        policy = sources[0]["metadata"].get("policy_id")
+        passages = [d for d in sources if d["metadata"].get("policy_id") == policy] or sources[:1]
+        passages.sort(key=lambda d: d["metadata"].get("passage", 0))
+        sentences = [s for d in passages for s in _sentences(d["text"].removeprefix(d["title"] + "."))
+                     if not s.endswith(":")]
         ranked = sorted(range(len(sentences)), key=lambda i: (-len(_terms(sentences[i]) & wanted), i))
         chosen = sorted(ranked[:limit])
-        return f"From our {top['title']} policy: " + " ".join(sentences[i] for i in chosen)
+        return f"From our {sources[0]['title']} policy: " + " ".join(sentences[i] for i in chosen)
 
     def _shipping(self, query, sources, context):
         return self._quote(query, sources)

@@ -49,3 +49,15 @@ _LIKE = re.compile(r"\b(like|similar to|such as|same vibe as|if i (?:liked|loved
 def asks_for_similar(text: str) -> bool:
     """'something like Berserk': the named series is the reference, never the answer."""
     return bool(_LIKE.search(text))
+
+
+def similarity(reference: dict, candidate: dict) -> float:
+    """Item-to-item similarity of two catalog entries' metadata, in [0, 1]: what "more like X"
+    means to a shopper (shared genres above all, then themes and the demographic)."""
+    def jaccard(a, b) -> float:
+        a, b = set(a), set(b)
+        return len(a & b) / len(a | b) if a | b else 0.0
+
+    return (0.6 * jaccard(reference["genres"], candidate["genres"])
+            + 0.2 * jaccard(reference["themes"], candidate["themes"])
+            + 0.2 * (reference["demographic"] == candidate["demographic"]))

@@ -53,8 +53,9 @@ def test_request_id_and_stage_timing_headers(client):
     assert r.headers["x-request-id"] == "test-123" and r.json()["request_id"] == "test-123"
     for stage in ("intent", "embed", "search", "rerank", "generate", "total"):
         assert float(r.headers[f"x-stage-{stage}-ms"]) >= 0
-    generated = client.post("/v1/classify", json={"texts": ["hi"]})
-    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    generated = client.post("/v1/chat", json={"query": "hi"})
+    assert len(generated.headers["x-request-id"]) >= 16
+    assert generated.headers["x-request-id"] == generated.json()["request_id"] != "test-123"
 
 
 # --- model routes ------------------------------------------------------------------------------
@@ -110,7 +111,8 @@ def test_rerank_orders_by_relevance(client):
     ("/v1/chat", {"text": "hi"}, 422, "validation_error"),
     ("/v1/chat", {"query": "hi", "top_k": 500}, 422, "top_k_too_large"),
     ("/v1/chat", {"query": "hi", "top_k": 0}, 422, "validation_error"),
-    ("/v1/chat", {"query": "romance", "filters": {"category": "shipping"}}, 422, "invalid_filter"),
+    ("/v1/chat", {"query": "recommend me a romance manga", "filters": {"category": "shipping"}}, 422, "invalid_filter"),
+    ("/v1/classify", {"texts": ["x" * 1001]}, 413, "text_too_long"),
     ("/v1/classify", {"texts": []}, 422, "validation_error"),
     ("/v1/classify", {"texts": ["hi"] * 65}, 413, "too_many_texts"),
     ("/v1/classify", {"texts": ["ok", " "]}, 400, "empty_query"),

@@ -169,3 +169,12 @@ def test_serve_config_file_is_valid():
     assert sum(d["ray_actor_options"]["num_cpus"] for d in raw["applications"][0]["deployments"]) <= 2
     with pytest.raises(ValueError):
         AppArgs.model_validate({"intent": {"ref": "intent", "runtime": "tensorrt"}})
+
+
+def test_item_similarity_prefers_shared_genres_and_demographic():
+    from serve.routing import similarity
+
+    berserk = series_document(CATALOG["berserk"]).metadata
+    scores = {sid: similarity(berserk, series_document(CATALOG[sid]).metadata)
+              for sid in ("hellsing", "fruits-basket", "berserk") if sid in CATALOG}
+    assert scores["berserk"] > scores["hellsing"] > scores["fruits-basket"]

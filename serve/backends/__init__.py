@@ -1,0 +1,1 @@
+"""Production backends (Amazon Bedrock, Amazon OpenSearch) behind the Serve deployments."""
