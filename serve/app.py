@@ -22,8 +22,8 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
 
     classifier = IntentClassifier.bind(args.intent, args.intent_batching)
-    embedder = Embedder.bind(args.embedder, args.embedder_batching)
-    retriever = Retriever.bind(args.embedder.ref, args.index_dir)
+    embedder = Embedder.bind(args.embedder, args.embedder_batching, args.embedder_backend, args.bedrock)
+    retriever = Retriever.bind(args)
     reranker = Reranker.bind(args.reranker, args.reranker_batching, args.rerank_token_budget)
-    generator = Generator.bind()
+    generator = Generator.bind(args.generator_backend, args.bedrock.model_dump())
     return Gateway.bind(classifier, embedder, retriever, reranker, generator, args)

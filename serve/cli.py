@@ -13,10 +13,48 @@ CONFIG = Path(__file__).resolve().parent / "config" / "local.yaml"
 
 
 def cmd_index(args) -> int:
-    from .index import build_all
+    if args.backend == "faiss":
+        from .index import build_all
 
-    build_all(args.embedder, args.index_dir, force=args.force)
-    return 0
+        build_all(args.embedder, args.index_dir, force=args.force)
+        return 0
+    return index_opensearch(app_args(Path(args.config)))
+
+
+def app_args(path: Path):
+    """The typed `args` of the (first) application in a Serve config file."""
+    from .config import AppArgs
+
+    return AppArgs.model_validate(load_config(path).applications[0].args or {})
+
+
+def index_opensearch(args) -> int:
+    """Embed the catalog and policies with the configured embedder and ingest them into OpenSearch.
+    Idempotent: documents whose content is unchanged are not re-sent; removed ones are deleted."""
+    from .backends.opensearch import OpenSearchStore
+    from .index import INDEXES, build_index
+
+    version, dimensions = args.embedder_identity()
+    if args.embedder_backend == "bedrock":
+        from .backends.bedrock import TitanEmbedder
+
+        embed = TitanEmbedder(args.bedrock).embed
+    else:
+        from models.registry import Registry
+        from models.runtime import TextModel
+
+        embed = TextModel(Registry().resolve(args.embedder.ref), args.embedder.runtime, args.embedder.precision).embed
+    store = OpenSearchStore(args.opensearch)
+    rejected = 0
+    for name in INDEXES:
+        index = build_index(name, embed)  # embeds with a progress bar
+        store.ensure_index(name, dimensions, version)
+        report = store.ingest(name, index.docs, index.vectors, version)
+        print(report.summary())
+        rejected += len(report.rejected)
+        for item in report.rejected[:20]:
+            print(f"  rejected {item['id']}: {item['status']} {item['error']}")
+    return 1 if rejected else 0
 
 
 def load_config(path: Path):
@@ -142,7 +180,9 @@ def cmd_chat(args) -> int:
 
 
 def add_commands(sub) -> None:
-    ix = sub.add_parser("index", help="build the FAISS indexes (catalog, policy) with the registered embedder")
+    ix = sub.add_parser("index", help="build the retrieval indexes (catalog, policy): FAISS files, or an OpenSearch cluster")
+    ix.add_argument("--backend", choices=["faiss", "opensearch"], default="faiss")
+    ix.add_argument("--config", default=str(CONFIG), help="Serve config whose args hold the opensearch/bedrock settings")
     ix.add_argument("--embedder", default="embedder")
     ix.add_argument("--index-dir", default=None)
     ix.add_argument("--force", action="store_true")

@@ -6,9 +6,13 @@ What the app does is tuned here (models, runtimes, batching, limits, deadlines);
 """
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .backends.bedrock import BedrockSettings
+from .backends.opensearch import OpenSearchSettings
 
 
 class Strict(BaseModel):
@@ -60,9 +64,20 @@ class AppArgs(Strict):
     intent: ModelSpec = ModelSpec(ref="intent")
     reranker: ModelSpec = ModelSpec(ref="reranker")
     index_dir: str | None = Field(None, description="FAISS indexes built by `mangaassist index` (default: under MANGAASSIST_HOME)")
-    embedder_backend: Literal["local"] = "local"
-    retriever_backend: Literal["faiss"] = "faiss"
-    generator_backend: Literal["template"] = "template"
+    embedder_backend: Literal["local", "bedrock"] = Field("local", description="local MiniLM or Bedrock Titan V2")
+    retriever_backend: Literal["faiss", "opensearch"] = Field("faiss", description="embedded FAISS HNSW or Amazon OpenSearch k-NN")
+    generator_backend: Literal["template", "bedrock"] = Field("template", description="local template or Bedrock Claude")
+    bedrock: BedrockSettings = Field(default_factory=BedrockSettings, description="used by the bedrock backends")
+    opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings, description="used by the opensearch backend")
+
+    def embedder_identity(self) -> tuple[str, int]:
+        """(version, dimensions) of the configured embedder: what an index must have been built with."""
+        if self.embedder_backend == "bedrock":
+            return f"{self.bedrock.embed_model_id}-{self.bedrock.dimensions}", self.bedrock.dimensions
+        from models.registry import Registry
+
+        folder = Registry().resolve(self.embedder.ref)
+        return folder.name, int(json.loads((folder / "model_card.json").read_text())["dimensions"])
     low_confidence_threshold: float = Field(0.55, ge=0, le=1)
     retrieve_k: int = Field(30, ge=1, le=200, description="candidates fetched for the reranker")
     rerank_token_budget: int = Field(8192, ge=128, description="max tokens per reranker batch")

@@ -1,4 +1,6 @@
-"""Embedder deployment: the local MiniLM bi-encoder (mean pooled, normalized) with dynamic batching."""
+"""Embedder deployment: the local MiniLM bi-encoder (mean pooled, normalized) or Bedrock Titan V2,
+with dynamic batching. Titan's 256/512/1024 dimensions can never match a MiniLM (384) index, so a
+Bedrock failure is an error here (the gateway answers 503), never a silent switch of vector space."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +14,16 @@ from .loading import configure_batching, load_model, off_loop
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=64)
 class Embedder:
-    def __init__(self, spec: ModelSpec, batching: Batching):
-        self.model, self.info = load_model(spec)
-        self.info["dimensions"] = int(self.model.card["dimensions"])
+    def __init__(self, spec: ModelSpec, batching: Batching, backend: str = "local", bedrock=None):
+        if backend == "bedrock":
+            from .backends.bedrock import TitanEmbedder
+
+            self.model = TitanEmbedder(bedrock)
+            self.info = {"model": "bedrock", "version": bedrock.embed_model_id, "runtime": "bedrock",
+                         "dimensions": self.model.dimensions}
+        else:
+            self.model, self.info = load_model(spec)
+            self.info["dimensions"] = int(self.model.card["dimensions"])
         configure_batching(self.embed_batch, batching)
 
     async def embed(self, texts: list[str]) -> np.ndarray:

@@ -248,33 +248,43 @@ class Gateway:
             return StreamingResponse(self._sse(query, intent, sources, degraded, context, request_id, timer),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache", **timer.headers()})
+        usage = None
         async with timer.stage("generate"):
             try:
-                answer = await asyncio.wait_for(self.generator.generate.remote(intent["label"], query, sources, context),
+                result = await asyncio.wait_for(self.generator.generate.remote(intent["label"], query, sources, context),
                                                 self.args.timeouts.generate)
+                answer, usage = result["answer"], result["usage"]
+                degraded += result["degraded"]
             except Exception as exc:
                 degraded.append("generator_timeout" if isinstance(exc, asyncio.TimeoutError) else "generator_unavailable")
                 answer = self.fallback_generator.compose(intent["label"], query, sources, context)
         body = {"answer": answer, "intent": intent, "sources": self._public(sources), "degraded": degraded,
-                "timings_ms": timer.total(), "request_id": request_id}
+                "timings_ms": timer.total(), "request_id": request_id, "usage": usage}
         return self._json(body, request_id, timer)
 
     async def _sse(self, query, intent, sources, degraded, context, request_id, timer):
         parts: list[str] = []
+        usage = None
         t0 = time.perf_counter()
+
+        def token(delta: str) -> str:
+            parts.append(delta)
+            return f"event: token\ndata: {json.dumps({'delta': delta})}\n\n"
+
         try:
-            gen = self.generator.options(stream=True).stream.remote(intent["label"], query, sources, context)
-            async for token in gen:
-                parts.append(token)
-                yield f"event: token\ndata: {json.dumps({'delta': token})}\n\n"
-        except Exception:  # continue from where the generator stopped, with the in-process template
+            async for item in self.generator.options(stream=True).stream.remote(intent["label"], query, sources, context):
+                if "delta" in item:
+                    yield token(item["delta"])
+                else:
+                    degraded += item["degraded"]
+                    usage = item["usage"]
+        except Exception:  # the generator deployment itself failed: continue with the in-process template
             degraded.append("generator_unavailable")
-            for token in list(self.fallback_generator.stream(intent["label"], query, sources, context))[len(parts):]:
-                parts.append(token)
-                yield f"event: token\ndata: {json.dumps({'delta': token})}\n\n"
+            for delta in list(self.fallback_generator.stream(intent["label"], query, sources, context))[len(parts):]:
+                yield token(delta)
         timer.stages["generate"] = round((time.perf_counter() - t0) * 1000, 2)
         final = {"answer": "".join(parts), "intent": intent, "sources": self._public(sources), "degraded": degraded,
-                 "timings_ms": timer.total(), "request_id": request_id}
+                 "timings_ms": timer.total(), "request_id": request_id, "usage": usage}
         yield f"event: final\ndata: {json.dumps(final)}\n\n"
 
     # --- the model routes ---------------------------------------------------------------------

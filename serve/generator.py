@@ -7,7 +7,7 @@ retrieved passage. The generator never invents one.
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 from ray import serve
 
@@ -170,17 +170,64 @@ class TemplateGenerator:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class Generator:
-    """Ray Serve deployment wrapping the template generator (the Bedrock Claude backend is issue #4)."""
+    """Grounded answers: the template (default), or Claude on Bedrock with the template as fallback.
 
-    def __init__(self):
-        self.engine = TemplateGenerator()
+    Both methods return/yield dicts: `{"answer"|"delta", ...}` then `degraded` reasons and token
+    usage, so the gateway can say what degraded and count what it cost."""
 
-    def generate(self, intent: str, query: str, sources: list[dict], context: dict) -> str:
-        return self.engine.compose(intent, query, sources, context)
+    def __init__(self, backend: str = "template", bedrock: dict | None = None):
+        self.template = TemplateGenerator()
+        self.claude = None
+        if backend == "bedrock":
+            from .backends.bedrock import BedrockSettings, ClaudeGenerator
 
-    async def stream(self, intent: str, query: str, sources: list[dict], context: dict) -> AsyncIterator[str]:
-        for token in self.engine.stream(intent, query, sources, context):
-            yield token
+            self.claude = ClaudeGenerator(BedrockSettings.model_validate(bedrock or {}))
+        self.backend = backend
+
+    def generate(self, intent: str, query: str, sources: list[dict], context: dict) -> dict:
+        if self.claude is None:
+            return {"answer": self.template.compose(intent, query, sources, context), "degraded": [], "usage": None}
+        from .backends.bedrock import BackendUnavailable
+
+        try:
+            result = self.claude.generate(intent, query, sources, context)
+        except BackendUnavailable as exc:
+            return {"answer": self.template.compose(intent, query, sources, context), "degraded": [exc.reason],
+                    "usage": None}
+        return {"answer": result.text, "degraded": _truncation(result), "usage": _usage(result)}
+
+    def stream(self, intent: str, query: str, sources: list[dict], context: dict) -> Iterator[dict]:
+        if self.claude is None:
+            for token in self.template.stream(intent, query, sources, context):
+                yield {"delta": token}
+            yield {"degraded": [], "usage": None}
+            return
+        from .backends.bedrock import BackendUnavailable, GenerationResult
+
+        sent = False
+        try:
+            for item in self.claude.stream(intent, query, sources, context):
+                if isinstance(item, GenerationResult):
+                    yield {"degraded": _truncation(item), "usage": _usage(item)}
+                    return
+                sent = True
+                yield {"delta": item}
+        except BackendUnavailable as exc:
+            # the shopper still gets a grounded answer; if Claude's was cut off, say where it restarts
+            if sent:
+                yield {"delta": "\n\n[The answer was interrupted. From our documents:]\n"}
+            for token in self.template.stream(intent, query, sources, context):
+                yield {"delta": token}
+            yield {"degraded": [exc.reason], "usage": None}
 
     def ready(self) -> dict:
-        return {"backend": "template"}
+        return {"backend": self.backend, **({"model": self.claude.name} if self.claude else {})}
+
+
+def _truncation(result) -> list[str]:
+    return ["generation_truncated"] if result.truncated else []
+
+
+def _usage(result) -> dict:
+    return {"model": result.model_id, "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
+            "cost_usd": result.cost_usd, "stop_reason": result.stop_reason}

@@ -1,18 +1,19 @@
-"""Retriever deployment: the embedded FAISS HNSW indexes (catalog series, policy passages) with filters."""
+"""Retriever deployment: k-NN over catalog series and policy passages with metadata filters, on the
+embedded FAISS HNSW indexes or on Amazon OpenSearch (same filters, same answer shape)."""
 from __future__ import annotations
 
 import numpy as np
 from ray import serve
 
-from models.registry import Registry
-
-from .index import INDEXES, VectorIndex, index_folder, index_root
+from .config import AppArgs
+from .index import INDEXES, VectorIndex, corpus, index_folder, index_root
 from .routing import normalize_title
 
 class TitleMatcher:
     """Finds catalog series named in a message ("one piece vol 105", "like berserk")."""
 
     def __init__(self, docs):
+        self.docs = docs
         self.aliases: list[tuple[str, int]] = []
         for i, doc in enumerate(docs):
             names = {doc.title, doc.title.split(":")[0], doc.title.split(" - ")[0], doc.title.removeprefix("The ")}
@@ -34,9 +35,21 @@ class TitleMatcher:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
 class Retriever:
-    def __init__(self, embedder_ref: str = "embedder", index_dir: str | None = None):
-        version = Registry().resolve(embedder_ref).name
-        root = index_root(index_dir)
+    def __init__(self, args: AppArgs):
+        version, dimensions = args.embedder_identity()
+        self.embedder_version = version
+        self.store = None
+        if args.retriever_backend == "opensearch":
+            from .backends.opensearch import OpenSearchStore
+
+            self.store = OpenSearchStore(args.opensearch)
+            for name in INDEXES:  # fails clearly when missing or built with another dimension
+                self.store.check_index(name, dimensions, version)
+            self.titles = TitleMatcher(corpus("catalog"))
+            self.info = {"backend": "opensearch", "embedder_version": version, "dimensions": dimensions,
+                         "documents": {n: self.store.count(n, version) for n in INDEXES}}
+            return
+        root = index_root(args.index_dir)
         self.indexes: dict[str, VectorIndex] = {}
         for name in INDEXES:
             folder = index_folder(root, version, name)
@@ -50,17 +63,18 @@ class Retriever:
 
     def search(self, vector: np.ndarray, index: str, k: int, filters: dict | None = None,
                exclude: list[str] | None = None) -> list[dict]:
+        if self.store is not None:
+            return self.store.search(index, np.asarray(vector), k, filters, exclude or (),
+                                     embedder_version=self.embedder_version)
         ix = self.indexes[index]
-        return [self._hit(ix, i, score) for i, score in ix.search(np.asarray(vector), k, filters, exclude or ())]
+        return [self._hit(ix.docs[i], score) for i, score in ix.search(np.asarray(vector), k, filters, exclude or ())]
 
     @staticmethod
-    def _hit(ix: VectorIndex, i: int, score: float) -> dict:
-        doc = ix.docs[i]
+    def _hit(doc, score: float) -> dict:
         return {"id": doc.id, "title": doc.title, "text": doc.text, "metadata": doc.metadata, "score": score}
 
     def named_series(self, text: str) -> list[dict]:
-        ix = self.indexes["catalog"]
-        return [self._hit(ix, i, 1.0) for i in self.titles.find(text)]
+        return [self._hit(self.titles.docs[i], 1.0) for i in self.titles.find(text)]
 
     def ready(self) -> dict:
         return self.info

@@ -45,6 +45,16 @@ class Source(BaseModel):
     score: float
 
 
+class Usage(BaseModel):
+    """Generation cost (Bedrock only; null for the local template)."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    stop_reason: str | None
+
+
 class ChatResponse(BaseModel):
     answer: str
     intent: IntentOut
@@ -52,6 +62,7 @@ class ChatResponse(BaseModel):
     degraded: list[str]
     timings_ms: dict[str, float]
     request_id: str
+    usage: Usage | None = None
 
 
 class TextsRequest(Strict):

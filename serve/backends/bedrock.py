@@ -67,6 +67,7 @@ class BedrockSettings(BaseModel):
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_reset_s: float = Field(30.0, gt=0)
     prices: dict[str, Price] = Field(default_factory=dict, description="keyed by model id; missing -> cost None")
+    endpoint_url: str | None = Field(None, description="a VPC endpoint or a local stand-in; None: the regional endpoint")
 
     def cost_usd(self, model_id: str, input_tokens: int, output_tokens: int) -> float | None:
         price = self.prices.get(model_id)
@@ -86,7 +87,8 @@ def make_client(settings: BedrockSettings):
         max_pool_connections=max(10, settings.max_concurrency),
     )
     # A private session: boto3's module-level default session is not thread-safe to create.
-    return boto3.session.Session().client("bedrock-runtime", region_name=settings.region, config=config)
+    return boto3.session.Session().client("bedrock-runtime", region_name=settings.region, config=config,
+                                          endpoint_url=settings.endpoint_url)
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 It builds the real models and indexes first (idempotent: seconds when the registry is current).
 """
+import os
 import socket
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def base_url():
 
     config = load_config(Path(CONFIG))
     config.http_options.port = free_port()
-    start_ray(num_cpus=2)
+    # Fake credentials for the Bedrock stand-in (boto3 signs every request); no real AWS is reachable.
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
+    # Logical CPUs: room for a second application (the Bedrock-backed one) beside the default one.
+    start_ray(num_cpus=4)
     try:
         url = deploy(config)
         wait_ready(url, 300)

@@ -11,10 +11,8 @@ import itertools
 import json
 import logging
 import re
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import boto3
@@ -69,35 +67,14 @@ def settings(**overrides) -> BedrockSettings:
     return BedrockSettings(**{"claude_model_id": CLAUDE, **overrides})
 
 
+from bedrock_standin import conversation, event, frame  # noqa: E402  (the real wire format)
+
+
 # --- wire helpers -------------------------------------------------------------------------------
-
-def frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One AWS event-stream message: prelude (lengths + CRC32), string headers, payload, message CRC32."""
-    encoded = b"".join(struct.pack(">B", len(k)) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode()))
-                       + v.encode() for k, v in headers.items())
-    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
-    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
-    return message + struct.pack(">I", zlib.crc32(message))
-
-
-def event(kind: str, payload: dict) -> bytes:
-    return frame({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
-                 json.dumps(payload).encode())
-
 
 def stream_error(kind: str, message: str) -> bytes:
     return frame({":exception-type": kind, ":content-type": "application/json", ":message-type": "exception"},
                  json.dumps({"message": message}).encode())
-
-
-def conversation(deltas: list[str], stop: str = "end_turn", usage: tuple[int, int] = (120, 9)) -> bytes:
-    events = [event("messageStart", {"role": "assistant"})]
-    events += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": d}}) for d in deltas]
-    events += [event("contentBlockStop", {"contentBlockIndex": 0}),
-               event("messageStop", {"stopReason": stop}),
-               event("metadata", {"usage": {"inputTokens": usage[0], "outputTokens": usage[1],
-                                            "totalTokens": sum(usage)}, "metrics": {"latencyMs": 321}})]
-    return b"".join(events)
 
 
 class RawBody(io.BytesIO):

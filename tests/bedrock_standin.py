@@ -1,0 +1,88 @@
+"""A local stand-in for the Bedrock Runtime REST API (Converse, ConverseStream, InvokeModel) on
+127.0.0.1, speaking the real wire formats (JSON, AWS event-stream frames) so that botocore's own
+serializers and parsers run. It answers from the documents in the request, so a test can see that
+the retrieved documents reached the model."""
+from __future__ import annotations
+
+import json
+import re
+import struct
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message: prelude (lengths + CRC32), string headers, payload, message CRC32."""
+    encoded = b"".join(struct.pack(">B", len(k)) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode()))
+                       + v.encode() for k, v in headers.items())
+    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def event(kind: str, payload: dict) -> bytes:
+    return frame({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+                 json.dumps(payload).encode())
+
+
+def conversation(deltas: list[str], stop: str = "end_turn", usage: tuple[int, int] = (120, 9)) -> bytes:
+    events = [event("messageStart", {"role": "assistant"})]
+    events += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": d}}) for d in deltas]
+    events += [event("contentBlockStop", {"contentBlockIndex": 0}),
+               event("messageStop", {"stopReason": stop}),
+               event("metadata", {"usage": {"inputTokens": usage[0], "outputTokens": usage[1],
+                                            "totalTokens": sum(usage)}, "metrics": {"latencyMs": 321}})]
+    return b"".join(events)
+
+
+class BedrockStandIn:
+    """`mode`: "ok" answers; "throttle" answers 429 ThrottlingException to everything."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.requests: list[tuple[str, dict]] = []
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                standin.requests.append((self.path, body))
+                if standin.mode == "throttle":
+                    return self._send(429, b'{"message": "Too many requests"}', "application/json",
+                                      {"x-amzn-ErrorType": "ThrottlingException"})
+                titles = re.findall(r'title="([^"]*)"', body["messages"][0]["content"][0]["text"]) if "messages" in body else []
+                answer = f"From our documents: {', '.join(titles[:3]) or 'nothing relevant'}."
+                if self.path.endswith("/converse-stream"):
+                    words = re.findall(r"\S+\s*", answer)
+                    return self._send(200, conversation(words), "application/vnd.amazon.eventstream")
+                if self.path.endswith("/converse"):
+                    out = {"output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
+                           "stopReason": "end_turn", "usage": {"inputTokens": 120, "outputTokens": 9, "totalTokens": 129},
+                           "metrics": {"latencyMs": 5}}
+                    return self._send(200, json.dumps(out).encode(), "application/json")
+                return self._send(404, b'{"message": "unknown operation"}', "application/json")
+
+            def _send(self, status, payload, content_type, headers=None):
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(payload)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
