@@ -4,12 +4,15 @@ serializers and parsers run. It answers from the documents in the request, so a 
 the retrieved documents reached the model."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
 
 
 def frame(headers: dict[str, str], payload: bytes) -> bytes:
@@ -36,6 +39,15 @@ def conversation(deltas: list[str], stop: str = "end_turn", usage: tuple[int, in
     return b"".join(events)
 
 
+def titan_embedding(body: dict) -> dict:
+    """A deterministic unit vector per text (a hash seeds it): same text, same vector."""
+    seed = int.from_bytes(hashlib.sha256(body["inputText"].encode()).digest()[:8], "little")
+    vector = np.random.default_rng(seed).normal(size=body.get("dimensions", 1024))
+    if body.get("normalize", True):
+        vector /= np.linalg.norm(vector)
+    return {"embedding": vector.tolist(), "inputTextTokenCount": len(body["inputText"].split())}
+
+
 class BedrockStandIn:
     """`mode`: "ok" answers; "throttle" answers 429 ThrottlingException to everything."""
 
@@ -56,6 +68,8 @@ class BedrockStandIn:
                                       {"x-amzn-ErrorType": "ThrottlingException"})
                 titles = re.findall(r'title="([^"]*)"', body["messages"][0]["content"][0]["text"]) if "messages" in body else []
                 answer = f"From our documents: {', '.join(titles[:3]) or 'nothing relevant'}."
+                if self.path.endswith("/invoke"):  # Titan Text Embeddings V2
+                    return self._send(200, json.dumps(titan_embedding(body)).encode(), "application/json")
                 if self.path.endswith("/converse-stream"):
                     words = re.findall(r"\S+\s*", answer)
                     return self._send(200, conversation(words), "application/vnd.amazon.eventstream")
