@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run build test test-unit clean-venv
+.PHONY: run build test test-unit clean-venv promtool
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ build: $(STAMP)
 	$(BIN)/mangaassist index
 	$(BIN)/mangaassist models list
 
+## promtool (Debian's prometheus package) checks the alert rules and dashboard queries
+promtool:
+	command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+
 ## the whole test suite
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)

@@ -86,21 +86,23 @@ def wait_ready(url: str, timeout: float, should_stop=lambda: False) -> dict:
     raise TimeoutError(f"not ready after {timeout:.0f} s: {last}")
 
 
-def start_ray(num_cpus: int | None = None) -> None:
-    """A private local Ray on 127.0.0.1 (DESIGN §10), no dashboard."""
+def start_ray(num_cpus: int | None = None, metrics_port: int = 8080) -> None:
+    """A private local Ray on 127.0.0.1 (DESIGN §10), no dashboard; its metrics agent serves
+    Prometheus text on `metrics_port` (Ray's own and every `ray_mangaassist_*` metric)."""
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     stale = Path("/tmp/ray/ray_current_cluster")
+    options = dict(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
+                   _node_ip_address="127.0.0.1", _metrics_export_port=metrics_port,
+                   configure_logging=False, log_to_driver=False)
     try:
-        ray.init(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
-                 _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+        ray.init(**options)
     except Exception:
         if not stale.exists():
             raise
         stale.unlink()  # a previous cluster that did not shut down left its address behind
-        ray.init(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
-                 _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+        ray.init(**options)
 
 
 def deploy(config) -> str:
@@ -127,7 +129,7 @@ def cmd_serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    start_ray(args.num_cpus)
+    start_ray(args.num_cpus, args.metrics_port)
     try:
         url = deploy(config)
         print(f"starting MangaAssist on {url} ...", flush=True)
@@ -193,6 +195,7 @@ def add_commands(sub) -> None:
     s.add_argument("--skip-build", action="store_true", help="do not build models/indexes first")
     s.add_argument("--num-cpus", type=int, default=None)
     s.add_argument("--ready-timeout", type=float, default=300)
+    s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics agent (Prometheus text)")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("chat", help="ask the running assistant; the answer streams in the terminal")

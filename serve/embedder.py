@@ -9,7 +9,9 @@ import numpy as np
 from ray import serve
 
 from .config import Batching, ModelSpec
-from .loading import configure_batching, load_model, off_loop
+from monitoring.metrics import metric
+
+from .loading import configure_batching, load_model, model_info_metric, off_loop
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=64)
@@ -25,13 +27,26 @@ class Embedder:
             self.model, self.info = load_model(spec)
             self.info["dimensions"] = int(self.model.card["dimensions"])
         configure_batching(self.embed_batch, batching)
+        model_info_metric(self.info)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         return np.stack(await asyncio.gather(*(self.embed_batch(t) for t in texts)))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return list(await off_loop(self.model.embed, texts))
+        metric("mangaassist_batch_size").observe(len(texts))
+        if self.info["runtime"] != "bedrock":
+            return list(await off_loop(self.model.embed, texts))
+        from .backends.bedrock import BackendUnavailable
+        from .generator import bedrock_health
+
+        try:
+            vectors = await off_loop(self.model.embed, texts)
+        except BackendUnavailable as exc:
+            bedrock_health("invoke_model", self.model.breaker, exc.reason)
+            raise
+        bedrock_health("invoke_model", self.model.breaker)
+        return list(vectors)
 
     def ready(self) -> dict:
         return self.info

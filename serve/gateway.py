@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.pairs import profile
+from monitoring.metrics import metric
 
 from .config import AppArgs
 from .generator import TemplateGenerator
@@ -54,12 +55,22 @@ app = FastAPI(
 BODY_LIMIT = {"bytes": 256 * 1024}  # set from Limits by the replica's Gateway
 
 
+ROUTES = frozenset({"/v1/chat", "/v1/classify", "/v1/embed", "/v1/search", "/v1/rerank", "/healthz", "/readyz"})
+
+
 @app.middleware("http")
-async def _body_limit(request: Request, call_next):
+async def _body_limit_and_metrics(request: Request, call_next):
+    started = time.perf_counter()
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > BODY_LIMIT["bytes"]:
-        return error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {BODY_LIMIT['bytes']}")
-    return await call_next(request)
+        response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {BODY_LIMIT['bytes']}")
+    else:
+        response = await call_next(request)
+    route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
+    tags = {"route": route, "intent": getattr(request.state, "intent", "none"), "status": str(response.status_code)}
+    metric("mangaassist_requests").inc(tags=tags)
+    metric("mangaassist_request_latency_seconds").observe(time.perf_counter() - started, tags={"route": route})
+    return response
 
 
 @app.exception_handler(ApiError)
@@ -192,6 +203,8 @@ class Gateway:
         async with timer.stage("search"):
             hits = await self._call("search", self.retriever.search.remote(vectors[0], index, self.args.retrieve_k,
                                                                            filters, exclude), t.search)
+        if hits:
+            metric("mangaassist_retrieval_top_score").observe(float(hits[0]["score"]), tags={"index": index})
         seen = {d["id"] for d in named}
         candidates = named + [h for h in hits if h["id"] not in seen]
         if not candidates:
@@ -235,6 +248,26 @@ class Gateway:
         return query, intent, sources, degraded, context
 
     @staticmethod
+    def _observe(intent: dict, timer: Timer, degraded: list[str], sources: list[dict], usage: dict | None) -> None:
+        """Per-answer metrics (labels bounded: stage, intent, reason, index, model)."""
+        for stage, ms in timer.stages.items():
+            metric("mangaassist_stage_latency_seconds").observe(ms / 1000, tags={"stage": stage})
+        metric("mangaassist_intent_confidence").observe(intent["confidence"], tags={"intent": intent["label"]})
+        if intent["low_confidence"]:
+            metric("mangaassist_low_confidence").inc(tags={"intent": intent["label"]})
+        for reason in degraded:
+            metric("mangaassist_degraded").inc(tags={"reason": reason})
+        if sources and "reranker_timeout" not in degraded and "reranker_unavailable" not in degraded:
+            index = "policy" if "policy_id" in sources[0]["metadata"] else "catalog"
+            metric("mangaassist_rerank_top_score").observe(float(sources[0]["score"]), tags={"index": index})
+        if usage:
+            model = usage["model"]
+            metric("mangaassist_bedrock_tokens").inc(usage["input_tokens"], tags={"direction": "input", "model": model})
+            metric("mangaassist_bedrock_tokens").inc(usage["output_tokens"], tags={"direction": "output", "model": model})
+            if usage["cost_usd"] is not None:
+                metric("mangaassist_bedrock_cost_usd").inc(usage["cost_usd"], tags={"model": model})
+
+    @staticmethod
     def _public(sources: list[dict]) -> list[dict]:
         return [{"id": s["id"], "title": s["title"], "score": round(float(s["score"]), 4)} for s in sources]
 
@@ -243,6 +276,7 @@ class Gateway:
     async def chat(self, req: ChatRequest, request: Request):
         request_id, timer = self._request_id(request), Timer()
         query, intent, sources, degraded, context = await self._prepare(req, timer)
+        request.state.intent = intent["label"]
         stream = req.stream or "text/event-stream" in request.headers.get("accept", "")
         if stream:
             return StreamingResponse(self._sse(query, intent, sources, degraded, context, request_id, timer),
@@ -260,6 +294,7 @@ class Gateway:
                 answer = self.fallback_generator.compose(intent["label"], query, sources, context)
         body = {"answer": answer, "intent": intent, "sources": self._public(sources), "degraded": degraded,
                 "timings_ms": timer.total(), "request_id": request_id, "usage": usage}
+        self._observe(intent, timer, degraded, sources, usage)
         return self._json(body, request_id, timer)
 
     async def _sse(self, query, intent, sources, degraded, context, request_id, timer):
@@ -285,6 +320,7 @@ class Gateway:
         timer.stages["generate"] = round((time.perf_counter() - t0) * 1000, 2)
         final = {"answer": "".join(parts), "intent": intent, "sources": self._public(sources), "degraded": degraded,
                  "timings_ms": timer.total(), "request_id": request_id, "usage": usage}
+        self._observe(intent, timer, degraded, sources, usage)
         yield f"event: final\ndata: {json.dumps(final)}\n\n"
 
     # --- the model routes ---------------------------------------------------------------------

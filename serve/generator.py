@@ -192,8 +192,10 @@ class Generator:
         try:
             result = self.claude.generate(intent, query, sources, context)
         except BackendUnavailable as exc:
+            bedrock_health("converse", self.claude.breaker, exc.reason)
             return {"answer": self.template.compose(intent, query, sources, context), "degraded": [exc.reason],
                     "usage": None}
+        bedrock_health("converse", self.claude.breaker)
         return {"answer": result.text, "degraded": _truncation(result), "usage": _usage(result)}
 
     def stream(self, intent: str, query: str, sources: list[dict], context: dict) -> Iterator[dict]:
@@ -208,11 +210,13 @@ class Generator:
         try:
             for item in self.claude.stream(intent, query, sources, context):
                 if isinstance(item, GenerationResult):
+                    bedrock_health("converse_stream", self.claude.breaker)
                     yield {"degraded": _truncation(item), "usage": _usage(item)}
                     return
                 sent = True
                 yield {"delta": item}
         except BackendUnavailable as exc:
+            bedrock_health("converse_stream", self.claude.breaker, exc.reason)
             # the shopper still gets a grounded answer; if Claude's was cut off, say where it restarts
             if sent:
                 yield {"delta": "\n\n[The answer was interrupted. From our documents:]\n"}
@@ -222,6 +226,18 @@ class Generator:
 
     def ready(self) -> dict:
         return {"backend": self.backend, **({"model": self.claude.name} if self.claude else {})}
+
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def bedrock_health(operation: str, breaker, reason: str | None = None) -> None:
+    """Breaker state and throttles, after every Bedrock call (the SRE's view of the dependency)."""
+    from monitoring.metrics import metric
+
+    metric("mangaassist_bedrock_breaker_state").set(BREAKER_STATES[breaker.state], tags={"operation": operation})
+    if reason == "bedrock_throttled":
+        metric("mangaassist_bedrock_throttles").inc(tags={"operation": operation})
 
 
 def _truncation(result) -> list[str]:

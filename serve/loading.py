@@ -41,3 +41,12 @@ def configure_batching(handler, batching: Batching) -> None:
 async def off_loop(fn, *args, **kwargs):
     """Run inference off the event loop, so the replica keeps accepting requests into the next batch."""
     return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))
+
+
+def model_info_metric(info: dict) -> None:
+    """`ray_mangaassist_model_info` = 1 for what this replica loaded (Ray adds the deployment tag)."""
+    from monitoring.metrics import metric
+
+    metric("mangaassist_model_info").set(1, tags={
+        "model": str(info["model"]), "version": str(info["version"]),
+        "runtime": str(info["runtime"]), "precision": str(info.get("precision", "n/a"))})

@@ -11,7 +11,9 @@ import numpy as np
 from ray import serve
 
 from .config import Batching, ModelSpec
-from .loading import configure_batching, load_model, off_loop
+from monitoring.metrics import metric
+
+from .loading import configure_batching, load_model, model_info_metric, off_loop
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Reranker:
     def __init__(self, spec: ModelSpec, batching: Batching, token_budget: int):
         self.model, self.info = load_model(spec)
         self.info["token_budget"] = token_budget
+        model_info_metric(self.info)
         configure_batching(self.score_batch, Batching(max_batch_size=token_budget,
                                                       batch_wait_timeout_s=batching.batch_wait_timeout_s))
 
@@ -40,6 +43,8 @@ class Reranker:
 
     @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=total_tokens)
     async def score_batch(self, items: list[RerankItem]) -> list[list[float]]:
+        metric("mangaassist_batch_size").observe(len(items))
+        metric("mangaassist_rerank_batch_tokens").observe(total_tokens(items))
         queries = [item.query for item in items for _ in item.documents]
         docs = [d for item in items for d in item.documents]
         logits = await off_loop(self.model.logits, queries, docs)

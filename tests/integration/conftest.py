@@ -33,7 +33,9 @@ def base_url():
     # Fake credentials for the Bedrock stand-in (boto3 signs every request); no real AWS is reachable.
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
     # Logical CPUs: room for a second application (the Bedrock-backed one) beside the default one.
-    start_ray(num_cpus=4)
+    metrics_port = free_port()
+    os.environ["MANGAASSIST_TEST_METRICS_PORT"] = str(metrics_port)
+    start_ray(num_cpus=4, metrics_port=metrics_port)
     try:
         url = deploy(config)
         wait_ready(url, 300)
@@ -47,3 +49,8 @@ def base_url():
 def client(base_url):
     with httpx.Client(base_url=base_url, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def metrics_url(base_url):
+    return f"http://127.0.0.1:{os.environ['MANGAASSIST_TEST_METRICS_PORT']}/metrics"

@@ -1,0 +1,1 @@
+"""MangaAssist monitoring: metric definitions, drift, dashboards and alert rules."""
