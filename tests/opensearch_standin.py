@@ -8,7 +8,7 @@ GET|POST /{index}/_count and POST /{index}/_refresh. Nested fields behave as in 
 sub-fields are only visible inside a `nested` query. It records every exchange and injects faults:
 per-document 400s, item-level 429s, whole-request 429s, slow searches.
 
-`OpenSearchSpec` loads the OpenAPI 3.1 spec in ../shared/schemas/opensearch-api (YAML over many files,
+`OpenSearchSpec` loads the OpenAPI 3.1 spec vendored in tests/schemas/opensearch-api (YAML over many files,
 cross-file `$ref`s resolved with `referencing`) and validates request and response bodies of an
 exchange against the operation the spec defines for its method and path.
 """
@@ -415,7 +415,7 @@ class StandIn:
 
 # --- the official API spec ----------------------------------------------------------------------
 
-SPEC_DIR = Path(os.environ.get("OPENSEARCH_API_SPEC", Path(__file__).resolve().parents[2] / "shared/schemas/opensearch-api/spec"))
+SPEC_DIR = Path(os.environ.get("OPENSEARCH_API_SPEC", Path(__file__).resolve().parent / "schemas/opensearch-api/spec"))
 # The namespaces whose operations our code calls (loading all 36 files would only cost time).
 NAMESPACES = ("_core.yaml", "indices.yaml")
 
