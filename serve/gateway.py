@@ -179,7 +179,8 @@ class Gateway:
         given = request.headers.get("x-request-id", "")
         return given if REQUEST_ID.match(given) else uuid.uuid4().hex
 
-    def _json(self, body: dict, request_id: str, timer: Timer) -> JSONResponse:
+    @staticmethod
+    def _json(body: dict, timer: Timer) -> JSONResponse:
         return JSONResponse(body, headers=timer.headers())
 
     # --- the chat pipeline --------------------------------------------------------------------
@@ -295,7 +296,7 @@ class Gateway:
         body = {"answer": answer, "intent": intent, "sources": self._public(sources), "degraded": degraded,
                 "timings_ms": timer.total(), "request_id": request_id, "usage": usage}
         self._observe(intent, timer, degraded, sources, usage)
-        return self._json(body, request_id, timer)
+        return self._json(body, timer)
 
     async def _sse(self, query, intent, sources, degraded, context, request_id, timer):
         parts: list[str] = []
@@ -326,16 +327,16 @@ class Gateway:
     # --- the model routes ---------------------------------------------------------------------
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, summary="Intent of each text")
-    async def classify(self, req: TextsRequest, request: Request):
-        request_id, timer = self._request_id(request), Timer()
+    async def classify(self, req: TextsRequest):
+        timer = Timer()
         texts = self._texts(req.texts, self.limits.max_texts, "texts")
         async with timer.stage("intent"):
             predictions = await self._call("intent", self.classifier.classify.remote(texts), self.args.timeouts.intent)
-        return self._json({"predictions": predictions}, request_id, timer)
+        return self._json({"predictions": predictions}, timer)
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, summary="Normalized embedding of each text")
-    async def embed(self, req: TextsRequest, request: Request):
-        request_id, timer = self._request_id(request), Timer()
+    async def embed(self, req: TextsRequest):
+        timer = Timer()
         texts = self._texts(req.texts, self.limits.max_texts, "texts")
         async with timer.stage("embed"):
             vectors = await self._call("embed", self.embedder.embed.remote(texts), self.args.timeouts.embed)
@@ -343,11 +344,11 @@ class Gateway:
             info = await self._call("embed", self.embedder.ready.remote(), self.args.timeouts.ready)
             self.embedder_name = f"{info['model']}:{info['version']}"
         return self._json({"embeddings": vectors.tolist(), "dimensions": int(vectors.shape[1]),
-                           "model": self.embedder_name}, request_id, timer)
+                           "model": self.embedder_name}, timer)
 
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, summary="k-NN search with metadata filters")
-    async def search(self, req: SearchRequest, request: Request):
-        request_id, timer = self._request_id(request), Timer()
+    async def search(self, req: SearchRequest):
+        timer = Timer()
         query = self._query(req.query)
         self._top_k(req.top_k)
         filters = self._filters(req.index, req.filters)
@@ -357,17 +358,17 @@ class Gateway:
             hits = await self._call("search", self.retriever.search.remote(vectors[0], req.index, req.top_k, filters),
                                     self.args.timeouts.search)
         return self._json({"hits": [{k: h[k] for k in ("id", "title", "score", "metadata")} for h in hits]},
-                          request_id, timer)
+                          timer)
 
     @app.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS, summary="Cross-encoder relevance of documents")
-    async def rerank(self, req: RerankRequest, request: Request):
-        request_id, timer = self._request_id(request), Timer()
+    async def rerank(self, req: RerankRequest):
+        timer = Timer()
         query = self._query(req.query)
         docs = self._texts(req.documents, self.limits.max_documents, "documents", self.limits.max_document_chars)
         async with timer.stage("rerank"):
             scores = await self._call("rerank", self.reranker.rerank.remote(query, docs), self.args.timeouts.rerank)
         results = sorted(({"index": i, "score": round(float(s), 6)} for i, s in enumerate(scores)), key=lambda r: -r["score"])
-        return self._json({"results": results[: req.top_k or len(results)]}, request_id, timer)
+        return self._json({"results": results[: req.top_k or len(results)]}, timer)
 
     # --- health -------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ It builds the real models and indexes first (idempotent: seconds when the regist
 """
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -54,3 +55,23 @@ def client(base_url):
 @pytest.fixture(scope="session")
 def metrics_url(base_url):
     return f"http://127.0.0.1:{os.environ['MANGAASSIST_TEST_METRICS_PORT']}/metrics"
+
+
+@pytest.fixture(scope="session")
+def deploy_app(base_url):
+    """Deploy another application (other backends) beside the default one, under /<name>."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    @contextmanager
+    def deploy(name: str, args: dict):
+        serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
+        try:
+            wait_ready(f"{base_url}/{name}", 300)
+            with httpx.Client(base_url=f"{base_url}/{name}", timeout=60) as client:
+                yield client
+        finally:
+            serve.delete(name)
+
+    return deploy

@@ -3,12 +3,8 @@ Bedrock stand-in, and OpenSearch k-NN retrieval against a local OpenSearch stand
 `mangaassist index --backend opensearch`'s code path)."""
 import json
 
-import httpx
 import pytest
-from ray import serve
 
-from serve.app import build_app
-from serve.cli import wait_ready
 from bedrock_standin import BedrockStandIn
 from opensearch_standin import StandIn as OpenSearchStandIn
 from serve.cli import index_opensearch
@@ -18,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bedrock_app(base_url):
+def bedrock_app(deploy_app):
     with BedrockStandIn() as standin, OpenSearchStandIn() as opensearch:
         args = {"generator_backend": "bedrock", "retriever_backend": "opensearch",
                 "opensearch": {"hosts": [opensearch.url], "auth": "none"},
@@ -27,14 +23,8 @@ def bedrock_app(base_url):
                             "prices": {"test.claude-model": {"input_per_1k": 0.003, "output_per_1k": 0.015}}}}
         assert index_opensearch(AppArgs.model_validate(args)) == 0
         assert index_opensearch(AppArgs.model_validate(args)) == 0  # idempotent re-run
-        serve.run(build_app(args), name="bedrock", route_prefix="/bedrock", blocking=False)
-        url = f"{base_url}/bedrock"
-        try:
-            wait_ready(url, 300)
-            with httpx.Client(base_url=url, timeout=60) as client:
-                yield client, standin
-        finally:
-            serve.delete("bedrock")
+        with deploy_app("bedrock", args) as client:
+            yield client, standin
 
 
 def test_claude_answers_from_the_retrieved_documents(bedrock_app):

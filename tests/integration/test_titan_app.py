@@ -1,34 +1,26 @@
 """The graph embedding with Bedrock Titan V2 (against the local stand-in) over an OpenSearch index
 built with the same embedder; when Titan is unavailable, requests get a clean 503 + Retry-After
 (no local embedder can match a 256-dimension Titan index)."""
-import httpx
 import pytest
-from ray import serve
 
 from bedrock_standin import BedrockStandIn
 from opensearch_standin import StandIn as OpenSearchStandIn
-from serve.app import build_app
-from serve.cli import index_opensearch, wait_ready
+from serve.cli import index_opensearch
 from serve.config import AppArgs
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def titan_app(base_url):
+def titan_app(deploy_app):
     with BedrockStandIn() as bedrock, OpenSearchStandIn() as opensearch:
         args = {"embedder_backend": "bedrock", "retriever_backend": "opensearch",
                 "opensearch": {"hosts": [opensearch.url], "auth": "none"},
                 "bedrock": {"endpoint_url": bedrock.url, "region": "us-east-1", "dimensions": 256,
                             "max_attempts": 1, "breaker_failure_threshold": 50}}
         assert index_opensearch(AppArgs.model_validate(args)) == 0
-        serve.run(build_app(args), name="titan", route_prefix="/titan", blocking=False)
-        try:
-            wait_ready(f"{base_url}/titan", 300)
-            with httpx.Client(base_url=f"{base_url}/titan", timeout=60) as client:
-                yield client, bedrock
-        finally:
-            serve.delete("titan")
+        with deploy_app("titan", args) as client:
+            yield client, bedrock
 
 
 def test_titan_embeddings_end_to_end(titan_app):
