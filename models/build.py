@@ -7,6 +7,7 @@ fingerprint is reused, so a second build takes seconds.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
@@ -53,8 +54,14 @@ def data_files(name: str, data_dir: Path) -> list[Path]:
     return []
 
 
+# the modules that determine a model's weights and gates; tools beside them (cli, graph evaluation,
+# experiment tracking) may change without retraining anything
+PIPELINE_MODULES = ("build", "datasets", "evaluate", "export", "metrics", "modeling", "pairs", "paths",
+                    "registry", "runtime", "splits", "train")
+
+
 def fingerprint(name: str, opts: BuildOptions) -> tuple[str, dict]:
-    code = sorted(p for p in Path(__file__).parent.glob("*.py") if p.name != "cli.py")
+    code = [Path(__file__).with_name(f"{m}.py") for m in PIPELINE_MODULES]
     backbone = backbone_dir() / "model.safetensors"
     inputs = {
         "model": name,
@@ -232,6 +239,15 @@ def build(opts: BuildOptions | None = None, registry: Registry | None = None, on
     """Build what is missing or stale; returns {model: version}."""
     opts = opts or BuildOptions()
     registry = registry or Registry()
+    # one build at a time per registry (two servers or test sessions starting together): the second
+    # waits, then finds the versions registered
+    registry.root.mkdir(parents=True, exist_ok=True)
+    with open(registry.root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(opts, registry, only, log)
+
+
+def _build(opts: BuildOptions, registry: Registry, only: tuple[str, ...], log: Callable[[str], None]) -> dict[str, str]:
     builders = {"embedder": build_embedder, "intent": build_intent,
                 "reranker": lambda staged, o: build_reranker(staged, o, registry)}
     versions = {}

@@ -102,3 +102,38 @@ def test_training_is_deterministic():
         model, tok, _ = train_intent(cfg, rows, val)
         logits.append(torch_logits(model, tok, [r["text"] for r in val]))
     assert np.array_equal(logits[0], logits[1])
+
+
+def test_fingerprint_covers_every_module_the_build_imports():
+    """A pipeline module left out of PIPELINE_MODULES would change weights without a new version."""
+    import ast
+    from pathlib import Path
+
+    package = Path(build_module.__file__).parent
+    seen, todo = set(), ["build"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                module = node.module.split(".")[0]
+                if module not in seen and (package / f"{module}.py").exists():
+                    todo.append(module)
+    assert seen <= set(build_module.PIPELINE_MODULES)
+
+
+def test_concurrent_builds_wait_for_each_other(built):
+    """The second builder blocks on the registry lock, then finds every version current."""
+    import fcntl
+    import threading
+
+    reg, versions, _ = built
+    log = []
+    with open(reg.root / ".build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: log.append(build(SMALL, reg, log=lambda _: None)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not log  # blocked while another build holds the lock
+    waiter.join(timeout=60)
+    assert log == [versions]
