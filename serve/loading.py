@@ -1,10 +1,21 @@
-"""Shared by the model deployments: load a verified registry version with the configured runtime."""
+"""Shared by the model deployments: load a verified registry version with the configured runtime.
+
+A model ref is a registry name (`intent`), `name:version`, a path to a version folder, or an
+`s3://bucket/prefix/<name>/<version>` URI: a version folder uploaded as the registry lays it out
+(`aws s3 sync ~/.cache/mangaassist/registry/intent/v-... s3://bucket/models/intent/v-...`). An S3
+version is downloaded at replica start into the model cache (MANGAASSIST_MODEL_CACHE) and served
+only once every file matches its manifest's sha256.
+"""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from functools import partial
+from pathlib import Path, PurePosixPath
 
-from models.registry import Registry
+from models.paths import home
+from models.registry import Registry, RegistryError
 from models.runtime import TextModel
 
 from .config import Batching, ModelSpec
@@ -22,9 +33,76 @@ def replica_threads() -> int:
     return max(1, int(cpus))
 
 
+def model_cache_dir() -> Path:
+    """Where S3 model versions are downloaded (a registry layout; an emptyDir on Kubernetes)."""
+    return Path(os.environ.get("MANGAASSIST_MODEL_CACHE", home() / "model-cache")).expanduser()
+
+
+def s3_client():
+    """S3 client with adaptive retries; credentials from boto3's default chain (IRSA on EKS)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "adaptive", "total_max_attempts": 5}, connect_timeout=5, read_timeout=60)
+    return boto3.session.Session().client("s3", config=config)
+
+
+def fetch_s3_version(uri: str, cache: Path | None = None, client=None) -> Path:
+    """Download `s3://bucket/prefix/<name>/<version>` into `<cache>/<name>/<version>` and return it
+    verified against its manifest. An intact cached copy is used as is; a damaged one is replaced."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    parts = PurePosixPath(prefix).parts
+    if not bucket or len(parts) < 2:
+        raise RegistryError(f"{uri!r}: expected s3://bucket/[prefix/]<name>/<version>")
+    name, version = parts[-2:]
+    registry = Registry(cache or model_cache_dir())
+    target = registry.root / name / version
+    if target.exists():
+        try:
+            return registry.verify(name, version)
+        except RegistryError:
+            shutil.rmtree(target)  # half-written or altered: fetch it again
+    client = client or s3_client()
+    staged = registry.staging(name)  # same filesystem as target: the rename below is atomic
+    try:
+        keys = [obj["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix="/".join(parts) + "/") for obj in page.get("Contents", [])]
+        if not keys:
+            raise RegistryError(f"{uri}: no objects under this prefix")
+        for key in (k for k in keys if not k.endswith("/")):  # skip folder markers
+            rel = PurePosixPath(key).relative_to(*parts)
+            if ".." in rel.parts:
+                raise RegistryError(f"{uri}: refusing key {key!r} (outside the version folder)")
+            path = staged.joinpath(*rel.parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            with open(path, "wb") as fh:
+                for chunk in body.iter_chunks(1 << 20):
+                    fh.write(chunk)
+        try:
+            staged.rename(target)
+        except OSError:  # another replica on this pod finished first: keep its copy if it is intact
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    try:
+        return registry.verify(name, version)
+    except RegistryError:
+        shutil.rmtree(target, ignore_errors=True)  # never leave an unverified copy to be found later
+        raise
+
+
+def resolve_model(ref: str) -> Path:
+    """A verified version folder for any model ref (registry name, name:version, folder, s3:// URI)."""
+    if ref.startswith("s3://"):
+        return fetch_s3_version(ref)
+    return Registry().resolve(ref)
+
+
 def load_model(spec: ModelSpec) -> tuple[TextModel, dict]:
     """The model plus what /readyz reports about it."""
-    folder = Registry().resolve(spec.ref)  # verifies every checksum: a tampered model never serves
+    folder = resolve_model(spec.ref)  # verifies every checksum: a tampered model never serves
     threads = spec.threads or replica_threads()
     model = TextModel(folder, spec.runtime, spec.precision, threads, spec.device)
     info = {"model": folder.parent.name, "version": folder.name, "runtime": spec.runtime,
