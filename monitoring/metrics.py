@@ -50,6 +50,8 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "mangaassist_drift_detected": ("gauge", "1 when drift was detected for the feature in the last window.",
                                    ("feature",), None),
     "mangaassist_drift_window_size": ("gauge", "Requests in the current drift window.", (), None),
+    "mangaassist_drift_records_dropped": ("counter", "Drift records the gateway could not deliver to the monitor.",
+                                          (), None),
 }
 
 

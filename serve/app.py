@@ -9,6 +9,7 @@ from __future__ import annotations
 from ray.serve import Application
 
 from .config import AppArgs
+from .drift_monitor import DriftMonitor
 from .embedder import Embedder
 from .gateway import Gateway
 from .generator import Generator
@@ -26,4 +27,5 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     retriever = Retriever.bind(args)
     reranker = Reranker.bind(args.reranker, args.reranker_batching, args.rerank_token_budget)
     generator = Generator.bind(args.generator_backend, args.bedrock.model_dump())
-    return Gateway.bind(classifier, embedder, retriever, reranker, generator, args)
+    drift = DriftMonitor.bind(args) if args.drift.enabled else None
+    return Gateway.bind(classifier, embedder, retriever, reranker, generator, args, drift)

@@ -14,9 +14,11 @@ CONFIG = Path(__file__).resolve().parent / "config" / "local.yaml"
 
 def cmd_index(args) -> int:
     if args.backend == "faiss":
+        from .drift_monitor import build_reference
         from .index import build_all
 
         build_all(args.embedder, args.index_dir, force=args.force)
+        build_reference(app_args(Path(args.config)))
         return 0
     return index_opensearch(app_args(Path(args.config)))
 
@@ -109,7 +111,12 @@ def deploy(config) -> str:
     """Deploy a Serve config on the running Ray; returns the HTTP base URL."""
     from ray.serve._private import api as serve_api  # what `serve run config.yaml` itself calls
 
-    client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+    from monitoring.tracing import tracing_config_from_env
+
+    # the proxies take their tracing setup at start: the config file's, else OTLP when configured
+    tracing = config.tracing_config or tracing_config_from_env()
+    client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location,
+                                   global_tracing_config=tracing)
     client.deploy_apps(config, _blocking=False)
     return f"http://{config.http_options.host}:{config.http_options.port}"
 
@@ -120,9 +127,11 @@ def cmd_serve(args) -> int:
     config = load_config(Path(args.config))
     if not args.skip_build:
         build()
+        from .drift_monitor import build_reference
         from .index import build_all
 
         build_all()
+        build_reference(app_args(Path(args.config)))
     import ray
     from ray import serve
 
@@ -181,6 +190,23 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_monitor(args) -> int:
+    """Prometheus + Alertmanager on 127.0.0.1 scraping the running app, until Ctrl-C."""
+    from models.paths import home
+    from monitoring.local_stack import LocalStack
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalStack(home() / "monitor", [args.metrics_port], webhook_url=args.webhook,
+                    prometheus_port=args.prometheus_port, alertmanager_port=args.alertmanager_port) as stack:
+        print(f"Prometheus   {stack.prometheus_url}  (scraping 127.0.0.1:{args.metrics_port}; alerts: "
+              f"{stack.prometheus_url}/alerts)\nAlertmanager {stack.alertmanager_url}\n"
+              f"config and data in {stack.folder}; Ctrl-C to stop", flush=True)
+        stop.wait()
+    return 0
+
+
 def add_commands(sub) -> None:
     ix = sub.add_parser("index", help="build the retrieval indexes (catalog, policy): FAISS files, or an OpenSearch cluster")
     ix.add_argument("--backend", choices=["faiss", "opensearch"], default="faiss")
@@ -197,6 +223,13 @@ def add_commands(sub) -> None:
     s.add_argument("--ready-timeout", type=float, default=300)
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics agent (Prometheus text)")
     s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("monitor", help="a local Prometheus and Alertmanager scraping the running app, until Ctrl-C")
+    m.add_argument("--metrics-port", type=int, default=8080, help="the app's Ray metrics agent")
+    m.add_argument("--prometheus-port", type=int, default=9090)
+    m.add_argument("--alertmanager-port", type=int, default=9093)
+    m.add_argument("--webhook", default=None, help="where the Alertmanager sends alerts (a webhook URL)")
+    m.set_defaults(func=cmd_monitor)
 
     c = sub.add_parser("chat", help="ask the running assistant; the answer streams in the terminal")
     c.add_argument("query")

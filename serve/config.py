@@ -57,6 +57,17 @@ class Timeouts(Strict):
     ready: float = Field(2.0, gt=0)
 
 
+class DriftSettings(Strict):
+    """Drift monitoring (DriftMonitor): features of every chat request, off the request path, compared
+    with the reference of the served model versions every `interval_s` over the last `window_size`."""
+
+    enabled: bool = True
+    window_size: int = Field(500, ge=10, description="requests in the sliding window")
+    interval_s: float = Field(30.0, gt=0, description="seconds between drift computations")
+    min_samples: int = Field(30, ge=5, description="fewer values than this in either sample: feature not evaluated")
+    flush_interval_s: float = Field(1.0, gt=0, description="the gateway sends its buffered records this often")
+
+
 class AppArgs(Strict):
     """Arguments of `serve.app:build_app`."""
 
@@ -86,3 +97,4 @@ class AppArgs(Strict):
     reranker_batching: Batching = Batching(max_batch_size=16)
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
+    drift: DriftSettings = DriftSettings()

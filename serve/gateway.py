@@ -6,6 +6,7 @@ comes back, in retrieval order or from the in-process template, and `degraded` s
 """
 
 import asyncio
+import collections
 import json
 import re
 import time
@@ -14,13 +15,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.pairs import profile
 from monitoring.metrics import metric
+from monitoring.tracing import stage_span
 
 from .config import AppArgs
 from .generator import TemplateGenerator
@@ -55,7 +57,8 @@ app = FastAPI(
 BODY_LIMIT = {"bytes": 256 * 1024}  # set from Limits by the replica's Gateway
 
 
-ROUTES = frozenset({"/v1/chat", "/v1/classify", "/v1/embed", "/v1/search", "/v1/rerank", "/healthz", "/readyz"})
+ROUTES = frozenset({"/v1/chat", "/v1/classify", "/v1/embed", "/v1/search", "/v1/rerank", "/v1/drift",
+                    "/v1/drift/report", "/healthz", "/readyz"})
 
 
 @app.middleware("http")
@@ -95,17 +98,21 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
 
 
 class Timer:
-    def __init__(self):
+    """Per-stage wall times (the x-stage-*-ms headers and timings_ms), one trace span per stage."""
+
+    def __init__(self, request_id: str | None = None):
         self.started = time.perf_counter()
         self.stages: dict[str, float] = {}
+        self.request_id = request_id or serve.context._get_serve_request_context().request_id
 
     @asynccontextmanager
     async def stage(self, name: str):
         t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages[name] = round((time.perf_counter() - t0) * 1000, 2)
+        with stage_span(name, self.request_id):
+            try:
+                yield
+            finally:
+                self.stages[name] = round((time.perf_counter() - t0) * 1000, 2)
 
     def total(self) -> dict[str, float]:
         return {**self.stages, "total": round((time.perf_counter() - self.started) * 1000, 2)}
@@ -118,9 +125,13 @@ class Timer:
 @serve.ingress(app)
 class Gateway:
     def __init__(self, classifier: DeploymentHandle, embedder: DeploymentHandle, retriever: DeploymentHandle,
-                 reranker: DeploymentHandle, generator: DeploymentHandle, args: AppArgs):
+                 reranker: DeploymentHandle, generator: DeploymentHandle, args: AppArgs,
+                 drift: DeploymentHandle | None = None):
         self.classifier, self.embedder, self.retriever = classifier, embedder, retriever
-        self.reranker, self.generator = reranker, generator
+        self.reranker, self.generator, self.drift = reranker, generator, drift
+        # drift records wait here until the next flush; when the monitor lags, the oldest fall out
+        self.drift_buffer: collections.deque[dict] = collections.deque(maxlen=args.drift.window_size)
+        self.drift_flusher: asyncio.Task | None = None
         self.args = args
         self.limits = args.limits
         BODY_LIMIT["bytes"] = args.limits.max_body_bytes
@@ -204,12 +215,13 @@ class Gateway:
         async with timer.stage("search"):
             hits = await self._call("search", self.retriever.search.remote(vectors[0], index, self.args.retrieve_k,
                                                                            filters, exclude), t.search)
+        signals = {"embedding": vectors[0], "retrieval_top_score": float(hits[0]["score"]) if hits else None}
         if hits:
             metric("mangaassist_retrieval_top_score").observe(float(hits[0]["score"]), tags={"index": index})
         seen = {d["id"] for d in named}
         candidates = named + [h for h in hits if h["id"] not in seen]
         if not candidates:
-            return [], degraded, context
+            return [], degraded, context, signals
         async with timer.stage("rerank"):
             try:
                 scores = await asyncio.wait_for(
@@ -229,7 +241,7 @@ class Gateway:
         if named and intent != "recommendation":
             # the series the shopper named is what they asked about
             ranked = [c for c in ranked if c["id"] in seen] + [c for c in ranked if c["id"] not in seen]
-        return ranked[:top_k], degraded, context
+        return ranked[:top_k], degraded, context, signals
 
     async def _prepare(self, req: ChatRequest, timer: Timer):
         query = self._query(req.query)
@@ -241,12 +253,37 @@ class Gateway:
         low = confidence < self.args.low_confidence_threshold
         index = index_for(label)
         filters = self._filters(index, req.filters) if index else {}
-        sources, degraded, context = ([], [], {})
+        sources, degraded, context, signals = [], [], {}, {}
         if index:
-            sources, degraded, context = await self._retrieve(query, label, index, req.top_k, filters, timer)
+            sources, degraded, context, signals = await self._retrieve(query, label, index, req.top_k, filters, timer)
         context["low_confidence"] = low
         intent = {"label": label, "confidence": round(confidence, 4), "low_confidence": low}
+        reranked = bool(sources) and not {"reranker_timeout", "reranker_unavailable"} & set(degraded)
+        self._record_drift({"intent": label, "confidence": confidence, "query_length": len(query),
+                            "retrieval_top_score": signals.get("retrieval_top_score"),
+                            "rerank_top_score": float(sources[0]["score"]) if reranked else None,
+                            "embedding": signals.get("embedding")})
         return query, intent, sources, degraded, context
+
+    # --- drift: off the request path -----------------------------------------------------------
+
+    def _record_drift(self, record: dict) -> None:
+        if self.drift is None:
+            return
+        self.drift_buffer.append(record)
+        if self.drift_flusher is None or self.drift_flusher.done():
+            self.drift_flusher = asyncio.get_running_loop().create_task(self._flush_drift())
+
+    async def _flush_drift(self) -> None:
+        """Send the buffered records every `flush_interval_s`; failures drop them (counted), never raise."""
+        while self.drift_buffer:
+            await asyncio.sleep(self.args.drift.flush_interval_s)
+            batch = list(self.drift_buffer)
+            self.drift_buffer.clear()
+            try:
+                await asyncio.wait_for(self.drift.record.remote(batch), self.args.timeouts.ready * 5)
+            except Exception:
+                metric("mangaassist_drift_records_dropped").inc(len(batch))
 
     @staticmethod
     def _observe(intent: dict, timer: Timer, degraded: list[str], sources: list[dict], usage: dict | None) -> None:
@@ -275,7 +312,8 @@ class Gateway:
     @app.post("/v1/chat", response_model=ChatResponse, responses=ERRORS,
               summary="Answer a shopper's message (JSON, or Server-Sent Events with stream=true)")
     async def chat(self, req: ChatRequest, request: Request):
-        request_id, timer = self._request_id(request), Timer()
+        request_id = self._request_id(request)
+        timer = Timer(request_id)
         query, intent, sources, degraded, context = await self._prepare(req, timer)
         request.state.intent = intent["label"]
         stream = req.stream or "text/event-stream" in request.headers.get("accept", "")
@@ -307,17 +345,19 @@ class Gateway:
             parts.append(delta)
             return f"event: token\ndata: {json.dumps({'delta': delta})}\n\n"
 
-        try:
-            async for item in self.generator.options(stream=True).stream.remote(intent["label"], query, sources, context):
-                if "delta" in item:
-                    yield token(item["delta"])
-                else:
-                    degraded += item["degraded"]
-                    usage = item["usage"]
-        except Exception:  # the generator deployment itself failed: continue with the in-process template
-            degraded.append("generator_unavailable")
-            for delta in list(self.fallback_generator.stream(intent["label"], query, sources, context))[len(parts):]:
-                yield token(delta)
+        with stage_span("generate", request_id, current=False):
+            try:
+                async for item in self.generator.options(stream=True).stream.remote(intent["label"], query, sources,
+                                                                                    context):
+                    if "delta" in item:
+                        yield token(item["delta"])
+                    else:
+                        degraded += item["degraded"]
+                        usage = item["usage"]
+            except Exception:  # the generator deployment itself failed: continue with the in-process template
+                degraded.append("generator_unavailable")
+                for delta in list(self.fallback_generator.stream(intent["label"], query, sources, context))[len(parts):]:
+                    yield token(delta)
         timer.stages["generate"] = round((time.perf_counter() - t0) * 1000, 2)
         final = {"answer": "".join(parts), "intent": intent, "sources": self._public(sources), "degraded": degraded,
                  "timings_ms": timer.total(), "request_id": request_id, "usage": usage}
@@ -369,6 +409,24 @@ class Gateway:
             scores = await self._call("rerank", self.reranker.rerank.remote(query, docs), self.args.timeouts.rerank)
         results = sorted(({"index": i, "score": round(float(s), 6)} for i, s in enumerate(scores)), key=lambda r: -r["score"])
         return self._json({"results": results[: req.top_k or len(results)]}, timer)
+
+    # --- drift ----------------------------------------------------------------------------------
+
+    async def _drift_call(self, method: str):
+        if self.drift is None:
+            raise ApiError(404, "drift_disabled", "drift monitoring is disabled in this deployment (args.drift.enabled)")
+        return await self._call("drift", getattr(self.drift, method).remote(), self.args.timeouts.ready * 15)
+
+    @app.get("/v1/drift", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+             summary="Drift monitor: window, reference and the last per-feature drift result")
+    async def drift_status(self):
+        return await self._drift_call("status")
+
+    @app.get("/v1/drift/report", response_class=HTMLResponse,
+             responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+             summary="Evidently's HTML data-drift report of the current window against the reference")
+    async def drift_report(self):
+        return HTMLResponse(await self._drift_call("report"))
 
     # --- health -------------------------------------------------------------------------------
 
