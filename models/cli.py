@@ -28,7 +28,23 @@ def cmd_build(args) -> int:
     reg = Registry()
     for name, version in versions.items():
         print(f"{name:9s} {version}  {reg.root / name / version}")
+    if not args.no_mlflow:
+        track_model_versions(reg)
     return 0
+
+
+def track_model_versions(registry) -> None:
+    """One MLflow run per registered model version (params, metrics, reports), logged once. The
+    build already succeeded: a tracking store that is down is a warning, not a failed build."""
+    from .tracking import log_model_versions, tracking_uri
+
+    try:
+        logged = log_model_versions(registry)
+    except Exception as exc:  # noqa: BLE001 - any MLflow/store failure
+        print(f"warning: model runs not logged to MLflow ({tracking_uri()}): {exc}", file=sys.stderr)
+        return
+    new = [f"{name}:{version}" for name, version, _, fresh in logged if fresh]
+    print(f"mlflow: {len(new)} new model version run(s){': ' + ', '.join(new) if new else ''} ({tracking_uri()})")
 
 
 def cmd_train(args) -> int:
@@ -99,18 +115,33 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="train, evaluate, export and register every model (idempotent)")
     b.add_argument("--force", action="store_true", help="rebuild even when an identical version is registered")
     b.add_argument("--only", nargs="+", choices=["embedder", "intent", "reranker"])
+    b.add_argument("--no-mlflow", action="store_true", help="do not log the model versions to MLflow")
     b.set_defaults(func=cmd_build)
 
     t = sub.add_parser("train", help="train (and export, register) one model")
     t.add_argument("model", choices=["intent", "reranker"])
     t.add_argument("--force", action="store_true")
+    t.add_argument("--no-mlflow", action="store_true", help="do not log the model versions to MLflow")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a registered model with a serving runtime")
-    e.add_argument("model", choices=["intent", "reranker"])
-    e.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
-    e.add_argument("--precision", choices=["fp32", "int8"], default="int8")
-    e.set_defaults(func=cmd_eval)
+    e = sub.add_parser("eval", help="evaluate a registered model (intent, reranker) or a running graph (graph)")
+    esub = e.add_subparsers(dest="eval_target", required=True)
+    for model in ("intent", "reranker"):
+        em = esub.add_parser(model, help=f"re-evaluate the registered {model} model with a serving runtime")
+        em.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
+        em.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+        em.set_defaults(func=cmd_eval, model=model)
+    from .graph_eval import cmd_eval_graph
+
+    g = esub.add_parser("graph", help="the golden set against a running deployment (HTTP only), tracked in MLflow")
+    g.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the deployment")
+    g.add_argument("--slice", type=int, default=None, help="first N golden cases (they cover every intent)")
+    g.add_argument("--baseline", default=None, metavar="RUN_ID",
+                   help="MLflow run to compare with; exit status 1 when a metric regresses beyond tolerances.yaml")
+    g.add_argument("--out", default=None, help="report folder (default: $MANGAASSIST_HOME/eval/graph-<time>)")
+    g.add_argument("--no-mlflow", action="store_true", help="do not log a run")
+    g.add_argument("--no-bertscore", action="store_true", help="skip BERTScore (loads the local backbone)")
+    g.set_defaults(func=cmd_eval_graph)
 
     m = sub.add_parser("models", help="the model registry")
     msub = m.add_subparsers(dest="models_command", required=True)
