@@ -17,7 +17,7 @@ from conftest import (CHART, CRDS, ROOT, SCENARIOS, crd_schema, one, ray_pod_tem
 from serve.config import AppArgs
 
 K8S_VERSION = "1.35"  # the kubectl/helm client line `make helm` installs (KubeClientVersion v1.35)
-DEPLOYMENTS = ["Gateway", "IntentClassifier", "Embedder", "Retriever", "Reranker", "Generator"]
+DEPLOYMENTS = ["Gateway", "IntentClassifier", "Embedder", "Retriever", "Reranker", "Generator", "DriftMonitor"]
 
 
 def test_scenarios_are_the_promised_ones():
@@ -72,11 +72,22 @@ def test_serve_config_is_valid_for_ray_and_the_app(scenario):
     assert [d["name"] for d in app["deployments"]] == DEPLOYMENTS
     local = yaml.safe_load((ROOT / "serve" / "config" / "local.yaml").read_text())["applications"][0]
     assert (app["import_path"], app["route_prefix"]) == (local["import_path"], local["route_prefix"])
-    assert sorted(d["name"] for d in local["deployments"]) == sorted(DEPLOYMENTS)
+    assert {d["name"] for d in local["deployments"]} <= set(DEPLOYMENTS)
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
     for deployment in app["deployments"]:
         assert {"max_ongoing_requests", "max_queued_requests", "ray_actor_options"} <= deployment.keys()
         assert ("num_replicas" in deployment) != ("autoscaling_config" in deployment)
+
+
+def test_the_chart_configures_every_deployment_the_app_builds():
+    from ray.serve import Deployment
+
+    built = {o.name for o in vars(importlib.import_module("serve.app")).values() if isinstance(o, Deployment)}
+    assert built == set(DEPLOYMENTS)
+    # without drift monitoring build_app has no DriftMonitor, and Ray refuses settings for it
+    app = serve_config(rendered(None, ("serve.args.drift.enabled=false",)))["applications"][0]
+    assert [d["name"] for d in app["deployments"]] == DEPLOYMENTS[:-1]
+    assert AppArgs.model_validate(app["args"]).drift.enabled is False
 
 
 def test_values_reach_the_serve_config():

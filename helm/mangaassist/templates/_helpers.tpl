@@ -42,17 +42,21 @@ app.kubernetes.io/part-of: mangaassist
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* The Serve config (serveConfigV2): one application, the deployments in the graph's order --- */}}
+{{/* The Serve config (serveConfigV2): one application, the deployments in the graph's order.
+     Ray refuses settings for a deployment the app does not build: DriftMonitor only with drift on. */}}
 
 {{- define "mangaassist.deploymentNames" -}}
-{{- list "Gateway" "IntentClassifier" "Embedder" "Retriever" "Reranker" "Generator" | toJson }}
+{{- list "Gateway" "IntentClassifier" "Embedder" "Retriever" "Reranker" "Generator" "DriftMonitor" | toJson }}
 {{- end }}
 
 {{- define "mangaassist.serveConfig" -}}
 {{- $deployments := list }}
+{{- $drift := ne ((.Values.serve.args.drift | default dict).enabled | toString) "false" }}
 {{- range $name := include "mangaassist.deploymentNames" . | fromJsonArray }}
+{{- if or (ne $name "DriftMonitor") $drift }}
 {{- $settings := deepCopy (get $.Values.serve.deployments $name | default dict) }}
 {{- $deployments = append $deployments (set $settings "name" $name) }}
+{{- end }}
 {{- end }}
 {{- $app := dict "name" "mangaassist" "route_prefix" "/" "import_path" "serve.app:build_app" "args" .Values.serve.args "deployments" $deployments }}
 {{- $config := dict "proxy_location" .Values.serve.proxyLocation "http_options" (dict "host" "0.0.0.0" "port" (int .Values.serve.port)) "applications" (list $app) }}
