@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from conftest import (CHART, CRDS, ROOT, SCENARIOS, crd_schema, one, ray_pod_templates, rendered, run_helm,
+from k8s_chart import (CHART, CRDS, ROOT, SCENARIOS, crd_schema, one, ray_pod_templates, rendered, run_helm,
                       serve_config)
 from serve.config import AppArgs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SCENARIOS, one, ray_pod_templates, rendered
+from k8s_chart import SCENARIOS, one, ray_pod_templates, rendered
 
 RAY_INTERNAL_PORTS = {8265, 6379, 10001}  # dashboard, GCS, Ray client
 

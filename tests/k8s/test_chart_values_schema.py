@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import CHART, ROOT, SCENARIOS, template
+from k8s_chart import CHART, ROOT, SCENARIOS, template
 from serve.config import AppArgs
 
 BAD = {

@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from conftest import CHART, ROOT
+from k8s_chart import CHART, ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

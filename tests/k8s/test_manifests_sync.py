@@ -5,7 +5,7 @@ import importlib.util
 
 import yaml
 
-from conftest import ROOT, rendered
+from k8s_chart import ROOT, rendered
 
 spec = importlib.util.spec_from_file_location("k8s_render", ROOT / "k8s" / "render.py")
 render = importlib.util.module_from_spec(spec)

@@ -1,4 +1,6 @@
 """Shared by the chart tests: helm v4 (`make helm` puts it in .tools/bin), rendering, CRD schemas.
+A plain module with a unique name, not a conftest: `from conftest import` would find whichever
+conftest pytest loaded last.
 
 No Kubernetes API server runs here, so what would be sent to one is checked offline: core kinds with
 kubernetes-validate (strict), custom resources against the vendored CRDs' openAPIV3Schema.
