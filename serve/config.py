@@ -85,9 +85,9 @@ class AppArgs(Strict):
         """(version, dimensions) of the configured embedder: what an index must have been built with."""
         if self.embedder_backend == "bedrock":
             return f"{self.bedrock.embed_model_id}-{self.bedrock.dimensions}", self.bedrock.dimensions
-        from models.registry import Registry
+        from .loading import resolve_model
 
-        folder = Registry().resolve(self.embedder.ref)
+        folder = resolve_model(self.embedder.ref)
         return folder.name, int(json.loads((folder / "model_card.json").read_text())["dimensions"])
     low_confidence_threshold: float = Field(0.55, ge=0, le=1)
     retrieve_k: int = Field(30, ge=1, le=200, description="candidates fetched for the reranker")

@@ -50,11 +50,19 @@ def reference_key(versions: dict[str, str], retrieve_k: int) -> str:
 
 
 def served_versions(args: AppArgs) -> dict[str, str]:
-    """Registry versions of the three models a config serves (local registry refs)."""
-    from models.registry import Registry
+    """Registry versions of the three models a config serves (any ref: registry, folder, s3://)."""
+    from .loading import resolve_model
 
-    registry = Registry()
-    return {name: registry.resolve(getattr(args, name).ref).name for name in ("embedder", "intent", "reranker")}
+    return {name: resolve_model(getattr(args, name).ref).name for name in ("embedder", "intent", "reranker")}
+
+
+def reference_ref(args: AppArgs, version: str) -> str:
+    """Where the reference of a version lives: beside the models (`s3://.../drift-reference/<version>`
+    when they come from S3, uploaded with them), else in the local registry."""
+    intent = args.intent.ref
+    if intent.startswith("s3://"):
+        return f"{intent.rstrip('/').rsplit('/', 2)[0]}/{REFERENCE}/{version}"
+    return f"{REFERENCE}:{version}"
 
 
 def reference_features(args: AppArgs, queries: list[str], progress: bool = True) -> list[dict]:
@@ -63,17 +71,16 @@ def reference_features(args: AppArgs, queries: list[str], progress: bool = True)
     import numpy as np
     from tqdm import tqdm
 
-    from models.registry import Registry
     from models.runtime import TextModel
 
     from .index import VectorIndex, index_folder, index_root
+    from .loading import resolve_model
     from .routing import index_for
 
-    registry = Registry()
-    load = lambda spec: TextModel(registry.resolve(spec.ref), spec.runtime, spec.precision)  # noqa: E731
+    load = lambda spec: TextModel(resolve_model(spec.ref), spec.runtime, spec.precision)  # noqa: E731
     classifier, embedder, reranker = load(args.intent), load(args.embedder), load(args.reranker)
     root = index_root(args.index_dir)
-    version = registry.resolve(args.embedder.ref).name
+    version = resolve_model(args.embedder.ref).name
     indexes = {name: VectorIndex.load(index_folder(root, version, name)) for name in ("catalog", "policy")}
     records = []
     for query in tqdm(queries, desc="drift reference", unit="query", disable=not progress):
@@ -137,14 +144,16 @@ def _build_reference(args: AppArgs, registry, log: Callable[[str], None]) -> str
 
 def load_reference(args: AppArgs):
     """(Reference, version) for the served model versions, or (None, why)."""
-    from models.registry import Registry, RegistryError, version_for
+    from models.registry import version_for
 
     from monitoring.drift import Reference
 
+    from .loading import resolve_model
+
     try:
         version = version_for(reference_key(served_versions(args), args.retrieve_k))
-        return Reference.load(Registry().verify(REFERENCE, version)), version
-    except (RegistryError, OSError, ValueError) as exc:
+        return Reference.load(resolve_model(reference_ref(args, version))), version
+    except Exception as exc:  # noqa: BLE001 - missing, tampered, unreachable: the monitor runs without drift
         return None, f"no drift reference for the served model versions ({exc}); run `mangaassist index`"
 
 

@@ -121,3 +121,9 @@ def test_the_reference_key_follows_every_model_version():
     assert key == drift_monitor.reference_key(dict(versions), 30)
     assert key != drift_monitor.reference_key({**versions, "intent": "v-d"}, 30)
     assert key != drift_monitor.reference_key(versions, 20)
+
+
+def test_the_reference_of_s3_models_lives_beside_them():
+    s3 = AppArgs.model_validate({"intent": {"ref": "s3://models-bucket/mangaassist/intent/v-abc"}})
+    assert drift_monitor.reference_ref(s3, "v-ref") == "s3://models-bucket/mangaassist/drift-reference/v-ref"
+    assert drift_monitor.reference_ref(AppArgs(), "v-ref") == "drift-reference:v-ref"
