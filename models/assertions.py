@@ -32,6 +32,11 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def bare(text: str) -> str:
+    """Letters and digits only: how a shopper may type a title ("haikyu" for "Haikyu!!")."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.translate(_QUOTES).lower()))
+
+
 def contains(text: str, phrase: str) -> bool:
     """`phrase` occurs in `text` on word boundaries, after normalization of both."""
     return re.search(rf"(?<![\w$]){re.escape(normalize(phrase))}(?!\w)", normalize(text)) is not None
@@ -146,7 +151,7 @@ def extract_claims(answer: str, query: str, cited: list[str], kb: KnowledgeBase,
     masked = answer
     for start, end, sid in _title_spans(answer, kb):
         title = kb.titles[sid]
-        ok = sid in cited_docs or contains(support, title) or contains(query, title)
+        ok = sid in cited_docs or contains(support, title) or f" {bare(title)} " in f" {bare(query)} "
         result.claims.append(Claim("title", title, ok))
         masked = masked[:start] + " " * (end - start) + masked[end:]   # numbers in titles are not claims
     support_prices = _prices(support) | _prices(query)

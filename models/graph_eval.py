@@ -115,13 +115,18 @@ class Reply:
     elapsed_ms: float
 
 
-def post(client: httpx.Client, path: str, body: dict) -> Reply:
-    started = time.perf_counter()
-    r = client.post(path, json=body)
-    elapsed = (time.perf_counter() - started) * 1000
-    if r.status_code != 200:
-        raise EvalError(f"POST {path} -> {r.status_code}: {r.text[:300]}")
-    return Reply(r.json(), r.headers, elapsed)
+def post(client: httpx.Client, path: str, body: dict, attempts: int = 3) -> Reply:
+    """One API call; a 503 (overload, a stage late) is retried after its Retry-After, like a client would."""
+    for attempt in range(attempts):
+        started = time.perf_counter()
+        r = client.post(path, json=body)
+        elapsed = (time.perf_counter() - started) * 1000
+        if r.status_code == 200:
+            return Reply(r.json(), r.headers, elapsed)
+        if r.status_code != 503 or attempt == attempts - 1:
+            raise EvalError(f"POST {path} -> {r.status_code}: {r.text[:300]}")
+        time.sleep(min(float(r.headers.get("retry-after", 1)), 5))
+    raise AssertionError("unreachable")
 
 
 def stage_timings(reply: Reply) -> dict[str, float]:
@@ -200,7 +205,7 @@ def run_case(client: httpx.Client, case: dict, kb: KnowledgeBase, cfg: EvalConfi
         "intent": body["intent"]["label"], "confidence": body["intent"]["confidence"],
         "low_confidence": body["intent"]["low_confidence"], "answer": body["answer"], "sources": sources,
         "degraded": body["degraded"], "latency_ms": chat.elapsed_ms, "stages": stage_timings(chat),
-        "usage": body.get("usage"), "faithfulness": faith, "tags": case.get("tags", []),
+        "usage": body.get("usage"), "faithfulness": faith, "tags": case.get("tags", []), "index": case.get("index"),
     }
     result["intent_correct"] = result["intent"] == case["intent"]
     result["fact_coverage"] = fact_coverage(body["answer"], case.get("facts", []))
@@ -294,6 +299,10 @@ def aggregate(results: list[dict], rerank_results: list[dict]) -> tuple[dict[str
         for k in keys:
             m[f"{stage}.{k}"] = mean(r["retrieval"][stage][k] for r in retrieval)
     m["retrieval.cases"] = len(retrieval)
+    for index in ("catalog", "policy"):   # the reranker's gain per corpus: series documents vs policy passages
+        rows = [r for r in retrieval if r.get("index") == index]
+        for stage in ("search", "rerank") if rows else ():
+            m[f"{stage}.{index}.ndcg_at_10"] = mean(r["retrieval"][stage]["ndcg_at_10"] for r in rows)
     if retrieval:
         m["rerank.ndcg_at_10_gain"] = m["rerank.ndcg_at_10"] - m["search.ndcg_at_10"]
     scored = [r["faithfulness"].score for r in results]
@@ -425,9 +434,9 @@ def _plots(out: Path, metrics: dict, tables: dict) -> list[str]:
         for i, k in enumerate(keys):
             ax.bar(x + (i - 2) * width, [v[k] if v[k] is not None else 0 for v in by_intent.values()], width, label=k)
         ax.set_xticks(x, list(by_intent), rotation=20)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.2)
         ax.set_title("Answer quality by expected intent")
-        ax.legend(fontsize=8, ncol=5, loc="lower center")
+        ax.legend(fontsize=8, ncol=5, loc="upper center")
         fig.tight_layout()
         fig.savefig(out / "by_intent.png", dpi=110)
         plt.close(fig)
@@ -466,6 +475,9 @@ def write_report(out: Path, url: str, params: dict, metrics: dict, tables: dict,
         lines.append(f"| {stage} | " + " | ".join(_fmt(g(f"{stage}.recall_at_{k}")) for k in KS) + " | "
                      + " | ".join(_fmt(g(f"{stage}.precision_at_{k}")) for k in KS)
                      + f" | {_fmt(g(f'{stage}.ndcg_at_5'))} | {_fmt(g(f'{stage}.ndcg_at_10'))} |")
+    lines += ["", "NDCG@10 by corpus: " + ", ".join(
+        f"{ix} {_fmt(g(f'search.{ix}.ndcg_at_10'))} -> {_fmt(g(f'rerank.{ix}.ndcg_at_10'))}"
+        for ix in ("catalog", "policy") if g(f"search.{ix}.ndcg_at_10") is not None) + " (search -> rerank)."]
     lines += ["", f"Chat sources (top {CHAT_K}, after named-series lookup, reranking and like-X blending): "
               f"recall@5 {_fmt(g('chat.recall_at_5'))}, P@5 {_fmt(g('chat.precision_at_5'))}, "
               f"NDCG@5 {_fmt(g('chat.ndcg_at_5'))}, context precision {_fmt(g('chat.context_precision'))}, "
@@ -558,9 +570,9 @@ def evaluate_graph(url: str, slice_: int | None = None, out: Path | None = None,
     metrics, tables = aggregate(results, rerank_results)
     metrics["eval.wall_s"] = time.perf_counter() - started
     golden_files = [GOLDEN, RERANK_CASES, GOLDEN_DIR / "assertions.yaml", TOLERANCES]
-    params.update({"url": url, "slice": str(slice_ or "all"), "cases": str(len(cases)),
-                   "golden_hash": files_hash(golden_files), "bertscore": "minilm-l6:layer6" if with_bertscore else "off",
-                   "deployment_hash": sha256_of({k: v for k, v in params.items()})})
+    params.update({"deployment_hash": sha256_of(params), "url": url, "slice": str(slice_ or "all"),
+                   "cases": str(len(cases)), "golden_hash": files_hash(golden_files),
+                   "bertscore": "minilm-l6:layer6" if with_bertscore else "off"})
     comparison = None
     if baseline:
         from .tracking import run_data

@@ -116,6 +116,8 @@ def test_titles_must_be_cited_or_named_by_the_shopper(kb, cfg):
     assert c[("title", "Claymore")] and c[("title", "Hellsing")] is False
     _, c = claims("If you liked Berserk, try Claymore.", "something like Berserk", ["claymore"], kb, cfg)
     assert c[("title", "Berserk")] is True
+    _, c = claims("If you liked Haikyu!!, try Slam Dunk.", "series similar to haikyu", ["slam-dunk"], kb, cfg)
+    assert c[("title", "Haikyu!!")] is True   # named by the shopper without its punctuation
 
 
 def test_numbers_in_titles_and_echoed_order_numbers_are_not_claims(kb, cfg):
@@ -285,7 +287,7 @@ def fake_app(kb, corrupt_prices: bool = False):
                 "sources": [{"id": d, "title": d, "score": 1.0} for d in ranked], "degraded": [],
                 "timings_ms": {"intent": 2.5, "total": 10.0}, "request_id": "r", "usage": None})
         if path == "/v1/search":
-            distractor = next(d for d in ("monster", "akira") if d not in case["relevant"]) \
+            distractor = next(d for d in kb.titles if d not in case["relevant"]) \
                 if body["index"] == "catalog" else "privacy-policy#0"
             rel = [d if d in kb.documents else f"{d}#0" for d in case["relevant"]]
             ids = [distractor] + [d for d in rel if d != distractor]
@@ -357,3 +359,22 @@ def test_bertscore_with_the_local_backbone():
                      ["One Piece has 113 volumes and is ongoing.", "Refunds go to the original payment method."])
     assert s["f1"][0] == pytest.approx(1.0, abs=1e-4)
     assert s["f1"][1] < 0.5 and all(0 <= v <= 1 for v in s["precision"] + s["recall"])
+
+
+def test_a_503_is_retried_and_a_400_is_an_error_and_stage_headers_are_read():
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.path)
+        if request.url.path == "/v1/chat" and len(calls) == 1:
+            return httpx.Response(503, headers={"retry-after": "0"}, json={"error": {"type": "overloaded"}})
+        if request.url.path == "/v1/bad":
+            return httpx.Response(400, json={"error": {"type": "empty_query", "message": "no"}})
+        return httpx.Response(200, headers={"x-stage-intent-ms": "1.50", "x-stage-total-ms": "9.00"},
+                              json={"timings_ms": {"intent": 99.0}})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://fake")
+    reply = ge.post(client, "/v1/chat", {"query": "hi"})
+    assert calls == ["/v1/chat", "/v1/chat"] and ge.stage_timings(reply) == {"intent": 1.5, "total": 9.0}
+    with pytest.raises(ge.EvalError, match="400"):
+        ge.post(client, "/v1/bad", {})

@@ -96,7 +96,7 @@ def question(query, sid, asks, related=(), tags=()):
 
 
 def recommend(query, genres=(), any_genres=(), demographic=(), themes=(), exclude=(), tags=()):
-    """Grade 2: every criterion holds; grade 1: the genres hold but not the rest."""
+    """Grade 2: every criterion holds; grade 1: the genre criteria hold but not the rest."""
     rel = {}
     for s in load_catalog():
         if s.id in exclude or not set(genres) <= set(s.genres):
@@ -105,7 +105,8 @@ def recommend(query, genres=(), any_genres=(), demographic=(), themes=(), exclud
             continue
         full = (not demographic or s.demographic in demographic) and \
                (not themes or any(t in th for t in themes for th in s.themes))
-        rel[s.id] = 2 if full else 1
+        if full or genres or any_genres:  # with no genre criterion, a partial match is no match
+            rel[s.id] = 2 if full else 1
     best = sorted(i for i, g in rel.items() if g == 2)
     assert best, query
     facts = [[SERIES[i].title for i in best]]  # any one of the best matches
@@ -124,7 +125,10 @@ def not_carried(query, intent, title):
 
 
 def policy(query, intent, relevant, facts, tags=()):
-    """The reference answer is the sentences of the must-use policies that state the facts."""
+    """The reference answer is the sentences of the must-use policies that state the facts.
+    "30 days" may also be said "30-day" (as in "the 30-day return window")."""
+    facts = [[f, re.sub(r"^(\d+) days$", r"\1-day", f)] if isinstance(f, str) and re.fullmatch(r"\d+ days", f) else f
+             for f in facts]
     must = [p for p, g in relevant.items() if g == 2]
     sentences = [s.strip().replace("**", "") for p in must
                  for s in re.split(r"(?<=[.!?])\s+|\n+", POLICIES[p].body) if s.strip()]
@@ -148,7 +152,7 @@ search("looking for One Piece volume 105, do you have it?", "one-piece", volume=
 search("got any Berserk?", "berserk")
 search("looking for the Vinland Saga deluxe hardcover", "vinland-saga", ed="deluxe")
 search("do u carry chainsaw man vol 12", "chainsaw-man", volume=12)
-search("Is Frieren available in your shop?", "frieren-beyond-journeys-end")
+search("do you have Frieren in your shop?", "frieren-beyond-journeys-end")
 search("searching for the Death Note Black Edition", "death-note", ed="Black Edition")
 search("do you sell Fullmetal Alchemist 3-in-1 editions", "fullmetal-alchemist", ed="3-in-1 Edition")
 search("I need Spy x Family volume 3", "spy-x-family", volume=3)
@@ -160,11 +164,11 @@ search("do you have Naruto volume 80", "naruto", volume=80)
 search("Jujutsu Kaisen 0 - do you have it?", "jujutsu-kaisen-0", related=("jujutsu-kaisen",), tags=("ambiguous_volume",))
 search("Looking for Berserk volume 50", "berserk", volume=50)
 search("do you have the Akira 35th anniversary box set", "akira", ed="box_set")
-search("Ranma 1/2 vol 5, do you stock it?", "ranma-1-2", volume=5, tags=("ambiguous_volume",))
+search("do you carry Ranma 1/2 vol 5?", "ranma-1-2", volume=5, tags=("ambiguous_volume",))
 search("need 20th Century Boys vol 22", "20th-century-boys", volume=22, tags=("ambiguous_volume",))
 search("do you sell Vagabond volume 40?", "vagabond", volume=40)
 search("Tokyo Ghoul:re do you have it", "tokyo-ghoul-re", related=("tokyo-ghoul",))
-search("battle angel alita last order in store?", "battle-angel-alita-last-order", related=("battle-angel-alita",))
+search("looking for battle angel alita last order", "battle-angel-alita-last-order", related=("battle-angel-alita",))
 not_carried("do you have Moonlight Bakery Chronicles?", "product_search", "Moonlight Bakery Chronicles")
 not_carried("looking for the manga Steel Lotus Academy volume 2", "product_search", "Steel Lotus Academy")
 not_carried("do you carry Blue Period", "product_search", "Blue Period")
