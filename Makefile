@@ -25,7 +25,7 @@ build: $(STAMP)
 
 ## Prometheus, promtool and Alertmanager (Debian packages): rule tests, the system tests, `make monitor`
 prometheus:
-	command -v promtool >/dev/null && command -v alertmanager >/dev/null || (apt-get update && \
+	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus prometheus-alertmanager)
 
 ## a local Prometheus (:9090) and Alertmanager (:9093) scraping `make run`'s app (metrics port 8080)

@@ -89,9 +89,9 @@ class LocalStack:
         return f"http://127.0.0.1:{self.alertmanager_port}"
 
     def start(self) -> "LocalStack":
-        for binary in ("prometheus", "alertmanager"):
-            if not shutil.which(binary):
-                raise RuntimeError(f"{binary} is not installed: `make monitor` installs the Debian packages")
+        alertmanager = shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")  # Debian's name
+        if not (shutil.which("prometheus") and alertmanager):
+            raise RuntimeError("prometheus and alertmanager are not installed: `make monitor` installs the Debian packages")
         self.folder.mkdir(parents=True, exist_ok=True)
         discovery = write_service_discovery(self.folder / "prom_metrics_service_discovery.json", self.metrics_ports)
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump(
@@ -100,7 +100,7 @@ class LocalStack:
         cluster_port = free_port()
         logs = open(self.folder / "stack.log", "ab")
         self.processes.append(subprocess.Popen(
-            ["alertmanager", f"--config.file={self.folder / 'alertmanager.yml'}",
+            [alertmanager, f"--config.file={self.folder / 'alertmanager.yml'}",
              f"--storage.path={self.folder / 'alertmanager-data'}",
              f"--web.listen-address=127.0.0.1:{self.alertmanager_port}",
              f"--cluster.listen-address=127.0.0.1:{cluster_port}"], stdout=logs, stderr=logs))

@@ -8,6 +8,8 @@ query text or request ids. Ray Serve adds `deployment`, `replica` and `applicati
 """
 from __future__ import annotations
 
+import threading
+import time
 from functools import lru_cache
 
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -66,6 +68,34 @@ def metric(name: str):
     if kind == "gauge":
         return metrics.Gauge(name, description=description, tag_keys=tags)
     return metrics.Histogram(name, description=description, boundaries=buckets, tag_keys=tags)
+
+
+# Ray's metrics agent forgets a gauge series that was not set again within two export intervals
+# (~20 s), while a Prometheus gauge means "the last value": values set through `set_gauge` are set
+# again every GAUGE_REFRESH_S by one daemon thread per process, for as long as the process lives.
+GAUGE_REFRESH_S = 5.0
+_gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+_gauges_lock = threading.Lock()
+_refresher: list[threading.Thread] = []
+
+
+def set_gauge(name: str, value: float, tags: dict[str, str] | None = None) -> None:
+    """Set a catalog gauge and keep exporting it until it is set again."""
+    metric(name).set(value, tags=tags)
+    with _gauges_lock:
+        _gauges[(name, tuple(sorted((tags or {}).items())))] = value
+        if not _refresher:
+            _refresher.append(threading.Thread(target=_refresh_gauges, name="gauge-refresher", daemon=True))
+            _refresher[0].start()
+
+
+def _refresh_gauges() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        with _gauges_lock:
+            values = list(_gauges.items())
+        for (name, tags), value in values:
+            metric(name).set(value, tags=dict(tags))
 
 
 def exported_name(name: str) -> str:

@@ -27,7 +27,7 @@ from typing import Callable
 
 from ray import serve
 
-from monitoring.metrics import metric
+from monitoring.metrics import set_gauge
 
 from .config import AppArgs, DriftSettings
 
@@ -200,7 +200,7 @@ class DriftMonitor:
                 accepted += 1
             except ValueError:
                 self.rejected += 1
-        metric("mangaassist_drift_window_size").set(len(self.window))
+        set_gauge("mangaassist_drift_window_size", len(self.window))
         return accepted
 
     def evaluate(self) -> dict | None:
@@ -214,12 +214,12 @@ class DriftMonitor:
         result = compute_drift(self.reference, frame, embeddings, min_samples=self.settings.min_samples)
         for feature in result.features.values():
             if feature.evaluated:
-                metric("mangaassist_drift_score").set(feature.score, tags={"feature": feature.feature,
+                set_gauge("mangaassist_drift_score", feature.score, tags={"feature": feature.feature,
                                                                            "method": feature.method})
-            metric("mangaassist_drift_detected").set(int(feature.evaluated and feature.detected),
+            set_gauge("mangaassist_drift_detected", int(feature.evaluated and feature.detected),
                                                      tags={"feature": feature.feature})
-        metric("mangaassist_drift_share").set(result.share_drifted)
-        metric("mangaassist_drift_window_size").set(result.window_size)
+        set_gauge("mangaassist_drift_share", result.share_drifted)
+        set_gauge("mangaassist_drift_window_size", result.window_size)
         self.latest = result.to_dict()
         return self.latest
 

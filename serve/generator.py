@@ -233,9 +233,9 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 def bedrock_health(operation: str, breaker, reason: str | None = None) -> None:
     """Breaker state and throttles, after every Bedrock call (the SRE's view of the dependency)."""
-    from monitoring.metrics import metric
+    from monitoring.metrics import metric, set_gauge
 
-    metric("mangaassist_bedrock_breaker_state").set(BREAKER_STATES[breaker.state], tags={"operation": operation})
+    set_gauge("mangaassist_bedrock_breaker_state", BREAKER_STATES[breaker.state], tags={"operation": operation})
     if reason == "bedrock_throttled":
         metric("mangaassist_bedrock_throttles").inc(tags={"operation": operation})
 

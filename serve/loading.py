@@ -123,8 +123,8 @@ async def off_loop(fn, *args, **kwargs):
 
 def model_info_metric(info: dict) -> None:
     """`ray_mangaassist_model_info` = 1 for what this replica loaded (Ray adds the deployment tag)."""
-    from monitoring.metrics import metric
+    from monitoring.metrics import set_gauge
 
-    metric("mangaassist_model_info").set(1, tags={
+    set_gauge("mangaassist_model_info", 1, tags={
         "model": str(info["model"]), "version": str(info["version"]),
         "runtime": str(info["runtime"]), "precision": str(info.get("precision", "n/a"))})

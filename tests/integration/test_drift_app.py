@@ -29,7 +29,7 @@ def test_chat_traffic_reaches_the_window_and_is_evaluated(client, metrics_url):
         assert client.post("/v1/chat", json={"query": query}).status_code == 200
     client.post("/v1/chat", json={"query": ""})  # refused (400): not a record
     status = wait_for(client, lambda s: s["records_seen"] >= before + 40 and s["latest"]
-                      and s["latest"]["computed_at"] > time.time() - 10)
+                      and s["latest"]["window_size"] == min(120, s["records_seen"]))
     assert status["records_seen"] == before + len(queries)
     latest = status["latest"]
     assert latest["reference_size"] == 400 and latest["window_size"] == min(120, status["records_seen"])
@@ -45,4 +45,5 @@ def test_chat_traffic_reaches_the_window_and_is_evaluated(client, metrics_url):
 def test_the_html_report_is_evidentlys(client):
     r = client.get("/v1/drift/report", timeout=120)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "evidently" in r.text.lower() and "query_length" in r.text
+    assert all(name in r.text for name in ("intent", "confidence", "query_length", "retrieval_top_score"))
+    assert len(r.text) > 100_000  # Evidently's self-contained page, not the "no data" one

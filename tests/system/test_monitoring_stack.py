@@ -86,6 +86,9 @@ def panel_queries() -> list[tuple[str, str, str]]:
 def send_traffic(client, deploy_app):
     for ex in load_intents("test")[:48]:
         assert client.post("/v1/chat", json={"query": ex.text}).status_code == 200
+    unsure = [client.post("/v1/chat", json={"query": q}).json()["intent"]["low_confidence"]
+              for q in ("canada", "can you check the price and the shipping", "price", "one piece or naruto")]
+    assert any(unsure)  # the low-confidence panels need at least one
     client.post("/v1/chat", json={"query": "do you ship to canada", "stream": True})
     client.post("/v1/classify", json={"texts": ["hi", "where is my order 4417-2210"]})
     client.post("/v1/embed", json={"texts": ["berserk"]})

@@ -17,18 +17,8 @@ class Gauges:
     def __init__(self):
         self.values = defaultdict(dict)
 
-    def __call__(self, name):
-        gauges = self
-
-        class Metric:
-            def set(self, value, tags=None):
-                gauges.values[name][tuple(sorted((tags or {}).items()))] = value
-
-            def inc(self, value=1, tags=None):
-                key = tuple(sorted((tags or {}).items()))
-                gauges.values[name][key] = gauges.values[name].get(key, 0) + value
-
-        return Metric()
+    def __call__(self, name, value, tags=None):
+        self.values[name][tuple(sorted((tags or {}).items()))] = value
 
 
 @pytest.fixture
@@ -36,7 +26,7 @@ def monitor(monkeypatch):
     reference = Reference.from_records(traffic(REFERENCE_ROWS, seed=1))
     monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (reference, "v-reference"))
     gauges = Gauges()
-    monkeypatch.setattr(drift_monitor, "metric", gauges)
+    monkeypatch.setattr(drift_monitor, "set_gauge", gauges)
     args = AppArgs.model_validate({"drift": {"window_size": 300, "interval_s": 3600, "min_samples": 30}})
     instance = drift_monitor.DriftMonitor.func_or_class(args)
     instance.gauges = gauges
@@ -98,7 +88,7 @@ def test_the_html_report_is_made_once_per_window_state(monitor, monkeypatch):
 def test_without_a_reference_it_says_why_and_exports_no_drift(monkeypatch):
     monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (None, "no drift reference for v-x"))
     gauges = Gauges()
-    monkeypatch.setattr(drift_monitor, "metric", gauges)
+    monkeypatch.setattr(drift_monitor, "set_gauge", gauges)
     instance = drift_monitor.DriftMonitor.func_or_class(AppArgs())
     run(instance.record(traffic(40, seed=9)))
     assert instance.evaluate() is None and "mangaassist_drift_share" not in gauges.values
@@ -108,7 +98,7 @@ def test_without_a_reference_it_says_why_and_exports_no_drift(monkeypatch):
 
 def test_titan_embeddings_are_not_compared_with_a_minilm_reference(monkeypatch):
     monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (None, "none"))
-    monkeypatch.setattr(drift_monitor, "metric", Gauges())
+    monkeypatch.setattr(drift_monitor, "set_gauge", Gauges())
     instance = drift_monitor.DriftMonitor.func_or_class(AppArgs(embedder_backend="bedrock"))
     run(instance.record(traffic(3, seed=10)))
     _, embeddings = instance.window.frame()

@@ -41,3 +41,30 @@ def test_classification_report_per_class():
     assert report["accuracy"] == 0.75
     assert report["per_class"]["a"]["recall"] == 0.5 and report["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
     assert report["confusion_matrix"] == [[1, 1], [0, 2]]
+
+
+def test_gauges_are_set_again_until_replaced(monkeypatch):
+    """Ray's agent forgets gauges not set within two export intervals; ours keep being set."""
+    import time
+
+    from monitoring import metrics
+
+    calls = []
+
+    class Gauge:
+        def set(self, value, tags=None):
+            calls.append((value, tags))
+
+    monkeypatch.setattr(metrics, "metric", lambda name: Gauge())
+    monkeypatch.setattr(metrics, "GAUGE_REFRESH_S", 0.05)
+    monkeypatch.setattr(metrics, "_gauges", {})
+    monkeypatch.setattr(metrics, "_refresher", [])
+    metrics.set_gauge("mangaassist_drift_share", 0.25)
+    metrics.set_gauge("mangaassist_drift_detected", 1, tags={"feature": "intent"})
+    time.sleep(0.3)
+    metrics.set_gauge("mangaassist_drift_share", 0.75)
+    time.sleep(0.2)
+    shares = [value for value, tags in calls if not tags]
+    assert shares.count(0.25) >= 3 and calls.count((1, {"feature": "intent"})) >= 5
+    replaced = shares.index(0.75)
+    assert set(shares[replaced:]) == {0.75} and len(shares[replaced:]) >= 3  # the new value, again and again
