@@ -370,7 +370,7 @@ def compare(current: dict[str, float], baseline: dict[str, float], tolerances: d
             continue
         cur, base = current[name], baseline[name]
         worse = base - cur if rule["direction"] == "higher" else cur - base
-        allowed = rule["tolerance"] * abs(base) if rule.get("relative") else rule["tolerance"]
+        allowed = (rule["tolerance"] * abs(base) if rule.get("relative") else rule["tolerance"]) + rule.get("slack", 0)
         regressed = worse > allowed + 1e-12
         rows.append({"metric": name, "baseline": base, "current": cur, "delta": cur - base,
                      "allowed": allowed, "regressed": regressed})

@@ -253,6 +253,10 @@ def test_compare_flags_regressions_beyond_tolerance_only():
     assert ok["regressions"] == [] and ok["skipped"] == ["missing.metric"]
     bad = ge.compare({"answer.faithfulness": 0.93, "latency.chat_total.p95_ms": 151.0, "intent.accuracy": 0.881}, base, tol)
     assert bad["regressions"] == ["answer.faithfulness", "latency.chat_total.p95_ms"]
+    # slack: sub-millisecond paths do not fail on noise
+    tol["latency.chat_total.p95_ms"]["slack"] = 20
+    fast = ge.compare({"latency.chat_total.p95_ms": 0.9}, {"latency.chat_total.p95_ms": 0.2}, tol)
+    assert fast["regressions"] == [] and fast["rows"][0]["allowed"] == pytest.approx(20.1)
 
 
 # --- the whole loop against a fake deployment ------------------------------------------------------
