@@ -10,9 +10,7 @@ are covered by `promtool test rules`).
 """
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import pytest
 from bedrock_standin import BedrockStandIn
 from models.datasets import load_intents
 from monitoring.local_stack import RULES, LocalStack, free_port
+from recording_server import recording_server
 
 DASHBOARDS = sorted((Path(__file__).resolve().parents[2] / "monitoring" / "dashboards").glob("*.json"))
 # queries that need hardware this machine does not have
@@ -41,21 +40,8 @@ DRIFTING = [
 
 @pytest.fixture(scope="module")
 def webhook():
-    received: list[dict] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts", received
-    server.shutdown()
+    with recording_server() as (url, received):
+        yield f"{url}/alerts", received
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +118,7 @@ def test_drifting_traffic_raises_the_gauge_and_fires_the_alert(client, stack, we
     while time.monotonic() < deadline:
         result = stack.query("max(ray_mangaassist_drift_share)")
         share = float(result[0]["value"][1]) if result else 0.0
-        firing = [a for body in received for a in body["alerts"]
+        firing = [a for _, body in received for a in json.loads(body)["alerts"]
                   if a["labels"]["alertname"] == "MangaAssistDriftDetected" and a["status"] == "firing"]
         if firing:
             break

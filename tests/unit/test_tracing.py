@@ -1,8 +1,5 @@
 """Stage spans with the SDK's in-memory exporter, the tracing switch, and the OTLP exporter against a
 local OTLP/HTTP receiver."""
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
@@ -11,6 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from monitoring import tracing
+from recording_server import recording_server
 
 
 @pytest.fixture
@@ -66,21 +64,8 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_configured():
 
 
 def test_the_otlp_exporter_delivers_spans_to_the_configured_endpoint(monkeypatch):
-    received: list[bytes] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((self.path, self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    with recording_server() as (url, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
         provider = TracerProvider()
         for processor in tracing.otlp_span_processors():
             provider.add_span_processor(processor)
@@ -89,8 +74,6 @@ def test_the_otlp_exporter_delivers_spans_to_the_configured_endpoint(monkeypatch
             pass
         provider.force_flush()
         provider.shutdown()
-    finally:
-        server.shutdown()
     (path, body), = received
     assert path == "/v1/traces"
     request = ExportTraceServiceRequest.FromString(body)
