@@ -50,10 +50,10 @@ def reference_key(versions: dict[str, str], retrieve_k: int) -> str:
 
 
 def served_versions(args: AppArgs) -> dict[str, str]:
-    """Registry versions of the three models a config serves (any ref: registry, folder, s3://)."""
-    from .loading import resolve_model
+    """Versions of the three models a config serves (any ref: registry, folder, s3://)."""
+    from .loading import model_version
 
-    return {name: resolve_model(getattr(args, name).ref).name for name in ("embedder", "intent", "reranker")}
+    return {name: model_version(getattr(args, name).ref) for name in ("embedder", "intent", "reranker")}
 
 
 def reference_ref(args: AppArgs, version: str) -> str:
@@ -80,7 +80,7 @@ def reference_features(args: AppArgs, queries: list[str], progress: bool = True)
     load = lambda spec: TextModel(resolve_model(spec.ref), spec.runtime, spec.precision)  # noqa: E731
     classifier, embedder, reranker = load(args.intent), load(args.embedder), load(args.reranker)
     root = index_root(args.index_dir)
-    version = resolve_model(args.embedder.ref).name
+    version = embedder.model_dir.name
     indexes = {name: VectorIndex.load(index_folder(root, version, name)) for name in ("catalog", "policy")}
     records = []
     for query in tqdm(queries, desc="drift reference", unit="query", disable=not progress):
@@ -120,7 +120,8 @@ def _build_reference(args: AppArgs, registry, log: Callable[[str], None]) -> str
 
     from monitoring.drift import Reference
 
-    digest = reference_key(served_versions(args), args.retrieve_k)
+    versions = served_versions(args)
+    digest = reference_key(versions, args.retrieve_k)
     version = version_for(digest)
     if version in registry.versions(REFERENCE):
         registry.verify(REFERENCE, version)
@@ -133,7 +134,7 @@ def _build_reference(args: AppArgs, registry, log: Callable[[str], None]) -> str
     try:
         reference = Reference.from_records(reference_features(args, queries))
         reference.save(staged)
-        (staged / "versions.json").write_text(json.dumps(served_versions(args), indent=2))
+        (staged / "versions.json").write_text(json.dumps(versions, indent=2))
         registry.register(REFERENCE, staged, digest, {"rows": len(reference), "build_seconds": round(time.time() - started, 1)})
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -143,7 +144,7 @@ def _build_reference(args: AppArgs, registry, log: Callable[[str], None]) -> str
 
 
 def load_reference(args: AppArgs):
-    """(Reference, version) for the served model versions, or (None, why)."""
+    """(Reference, version, None) for the served model versions, or (None, None, why)."""
     from models.registry import version_for
 
     from monitoring.drift import Reference
@@ -152,9 +153,9 @@ def load_reference(args: AppArgs):
 
     try:
         version = version_for(reference_key(served_versions(args), args.retrieve_k))
-        return Reference.load(resolve_model(reference_ref(args, version))), version
+        return Reference.load(resolve_model(reference_ref(args, version))), version, None
     except Exception as exc:  # noqa: BLE001 - missing, tampered, unreachable: the monitor runs without drift
-        return None, f"no drift reference for the served model versions ({exc}); run `mangaassist index`"
+        return None, None, f"no drift reference for the served model versions ({exc}); run `mangaassist index`"
 
 
 # --- deployment ---------------------------------------------------------------------------------
@@ -166,9 +167,9 @@ class DriftMonitor:
 
         self.settings: DriftSettings = args.drift
         self.window = DriftWindow(self.settings.window_size)
-        self.reference, self.reference_version = load_reference(args)
-        if self.reference is None:
-            log.warning(self.reference_version)
+        self.reference, self.reference_version, self.reference_error = load_reference(args)
+        if self.reference_error:
+            log.warning(self.reference_error)
         self.embeddings = args.embedder_backend == "local"  # Titan vectors are not comparable with the reference
         self.latest = None
         self.evaluated_at = 0  # records seen at the last computation
@@ -228,9 +229,9 @@ class DriftMonitor:
         return {"window_size": len(self.window), "window_capacity": self.settings.window_size,
                 "records_seen": self.window.added, "records_rejected": self.rejected,
                 "interval_s": self.settings.interval_s, "embeddings": self.embeddings,
-                "reference": (self.reference_version if self.reference is not None else None),
+                "reference": self.reference_version,
                 "reference_rows": len(self.reference) if self.reference is not None else 0,
-                "reference_error": None if self.reference is not None else self.reference_version,
+                "reference_error": self.reference_error,
                 "latest": self.latest}
 
     async def report(self) -> str:
@@ -239,7 +240,7 @@ class DriftMonitor:
 
         self._start()
         if self.reference is None:
-            return empty_report(self.reference_version)
+            return empty_report(self.reference_error)
         seen = self.window.added
         if self.report_html is None or self.report_html[0] != seen:
             frame, _ = self.window.frame()
@@ -248,5 +249,4 @@ class DriftMonitor:
 
     async def ready(self) -> dict:
         self._start()
-        return {"reference": self.reference_version if self.reference is not None else None,
-                "window_size": len(self.window)}
+        return {"reference": self.reference_version, "window_size": len(self.window)}

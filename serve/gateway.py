@@ -34,6 +34,7 @@ from .schemas import (ChatRequest, ChatResponse, ClassifyResponse, EmbedResponse
 REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
           503: {"model": ErrorResponse}}
+DRIFT_ERRORS = {404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
 class ApiError(Exception):
@@ -417,13 +418,12 @@ class Gateway:
             raise ApiError(404, "drift_disabled", "drift monitoring is disabled in this deployment (args.drift.enabled)")
         return await self._call("drift", getattr(self.drift, method).remote(), self.args.timeouts.ready * 15)
 
-    @app.get("/v1/drift", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    @app.get("/v1/drift", responses=DRIFT_ERRORS,
              summary="Drift monitor: window, reference and the last per-feature drift result")
     async def drift_status(self):
         return await self._drift_call("status")
 
-    @app.get("/v1/drift/report", response_class=HTMLResponse,
-             responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    @app.get("/v1/drift/report", response_class=HTMLResponse, responses=DRIFT_ERRORS,
              summary="Evidently's HTML data-drift report of the current window against the reference")
     async def drift_report(self):
         return HTMLResponse(await self._drift_call("report"))

@@ -9,13 +9,14 @@ only once every file matches its manifest's sha256.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from functools import partial
 from pathlib import Path, PurePosixPath
 
 from models.paths import home
-from models.registry import Registry, RegistryError
+from models.registry import MANIFEST, Registry, RegistryError
 from models.runtime import TextModel
 
 from .config import Batching, ModelSpec
@@ -47,13 +48,19 @@ def s3_client():
     return boto3.session.Session().client("s3", config=config)
 
 
-def fetch_s3_version(uri: str, cache: Path | None = None, client=None) -> Path:
-    """Download `s3://bucket/prefix/<name>/<version>` into `<cache>/<name>/<version>` and return it
-    verified against its manifest. An intact cached copy is used as is; a damaged one is replaced."""
+def s3_parts(uri: str) -> tuple[str, tuple[str, ...]]:
+    """`s3://bucket/prefix/<name>/<version>` -> (bucket, key parts ending in name, version)."""
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     parts = PurePosixPath(prefix).parts
     if not bucket or len(parts) < 2:
         raise RegistryError(f"{uri!r}: expected s3://bucket/[prefix/]<name>/<version>")
+    return bucket, parts
+
+
+def fetch_s3_version(uri: str, cache: Path | None = None, client=None) -> Path:
+    """Download `s3://bucket/prefix/<name>/<version>` into `<cache>/<name>/<version>` and return it
+    verified against its manifest. An intact cached copy is used as is; a damaged one is replaced."""
+    bucket, parts = s3_parts(uri)
     name, version = parts[-2:]
     registry = Registry(cache or model_cache_dir())
     target = registry.root / name / version
@@ -91,6 +98,16 @@ def fetch_s3_version(uri: str, cache: Path | None = None, client=None) -> Path:
     except RegistryError:
         shutil.rmtree(target, ignore_errors=True)  # never leave an unverified copy to be found later
         raise
+
+
+def model_version(ref: str) -> str:
+    """The version a ref names, from its URI or manifest: nothing downloaded, nothing hashed."""
+    if ref.startswith("s3://"):
+        return s3_parts(ref)[1][-1]
+    if Path(ref).is_dir() and (Path(ref) / MANIFEST).exists():
+        return json.loads((Path(ref) / MANIFEST).read_text())["version"]
+    name, _, version = ref.partition(":")
+    return Registry().manifest(name, version or None)["version"]
 
 
 def resolve_model(ref: str) -> Path:

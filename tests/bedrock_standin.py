@@ -93,6 +93,13 @@ class BedrockStandIn:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def settings(self, **overrides) -> dict:
+        """`args.bedrock` for an app on this stand-in: a test Claude model with prices, no retries,
+        a breaker that opens after two failures."""
+        return {"endpoint_url": self.url, "region": "us-east-1", "claude_model_id": "test.claude-model",
+                "max_attempts": 1, "breaker_failure_threshold": 2, "breaker_reset_s": 600,
+                "prices": {"test.claude-model": {"input_per_1k": 0.003, "output_per_1k": 0.015}}, **overrides}
+
     def __enter__(self):
         self.thread.start()
         return self

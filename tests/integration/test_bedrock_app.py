@@ -18,9 +18,7 @@ def bedrock_app(deploy_app):
     with BedrockStandIn() as standin, OpenSearchStandIn() as opensearch:
         args = {"generator_backend": "bedrock", "retriever_backend": "opensearch",
                 "opensearch": {"hosts": [opensearch.url], "auth": "none"},
-                "bedrock": {"endpoint_url": standin.url, "region": "us-east-1", "claude_model_id": "test.claude-model",
-                            "max_attempts": 1, "breaker_failure_threshold": 2, "breaker_reset_s": 600,
-                            "prices": {"test.claude-model": {"input_per_1k": 0.003, "output_per_1k": 0.015}}}}
+                "bedrock": standin.settings()}
         assert index_opensearch(AppArgs.model_validate(args)) == 0
         assert index_opensearch(AppArgs.model_validate(args)) == 0  # idempotent re-run
         with deploy_app("bedrock", args) as client:

@@ -36,9 +36,15 @@ def test_chat_traffic_reaches_the_window_and_is_evaluated(client, metrics_url):
     assert set(latest["features"]) == {"intent", "confidence", "query_length", "retrieval_top_score",
                                        "rerank_top_score", "embedding"}
     assert latest["features"]["intent"]["evaluated"]
-    text = httpx.get(metrics_url, timeout=10).text
-    for name in ("ray_mangaassist_drift_share", "ray_mangaassist_drift_window_size",
-                 'ray_mangaassist_drift_detected{', 'ray_mangaassist_drift_score{'):
+    names = ("ray_mangaassist_drift_share", "ray_mangaassist_drift_window_size",
+             'ray_mangaassist_drift_detected{', 'ray_mangaassist_drift_score{')
+    deadline = time.monotonic() + 30  # a gauge set just now reaches Ray's agent at its next export
+    while True:
+        text = httpx.get(metrics_url, timeout=10).text
+        if all(name in text for name in names) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for name in names:
         assert name in text, name
 
 

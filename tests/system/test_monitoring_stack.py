@@ -84,9 +84,7 @@ def send_traffic(client, deploy_app):
     with BedrockStandIn() as standin:
         args = {"generator_backend": "bedrock",
                 "timeouts": {"search": 0.0001},  # every retrieval misses its deadline: 503 + Retry-After
-                "bedrock": {"endpoint_url": standin.url, "region": "us-east-1", "claude_model_id": "test.claude-model",
-                            "max_attempts": 1, "breaker_failure_threshold": 2, "breaker_reset_s": 600,
-                            "prices": {"test.claude-model": {"input_per_1k": 0.003, "output_per_1k": 0.015}}}}
+                "bedrock": standin.settings()}
         with deploy_app("bedrock_system", args) as bedrock:
             for query in ("hi there", "thanks a lot", "who are you"):
                 assert bedrock.post("/v1/chat", json={"query": query}).json()["usage"]["input_tokens"] > 0

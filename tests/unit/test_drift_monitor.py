@@ -24,7 +24,7 @@ class Gauges:
 @pytest.fixture
 def monitor(monkeypatch):
     reference = Reference.from_records(traffic(REFERENCE_ROWS, seed=1))
-    monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (reference, "v-reference"))
+    monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (reference, "v-reference", None))
     gauges = Gauges()
     monkeypatch.setattr(drift_monitor, "set_gauge", gauges)
     args = AppArgs.model_validate({"drift": {"window_size": 300, "interval_s": 3600, "min_samples": 30}})
@@ -86,7 +86,7 @@ def test_the_html_report_is_made_once_per_window_state(monitor, monkeypatch):
 
 
 def test_without_a_reference_it_says_why_and_exports_no_drift(monkeypatch):
-    monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (None, "no drift reference for v-x"))
+    monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (None, None, "no drift reference for v-x"))
     gauges = Gauges()
     monkeypatch.setattr(drift_monitor, "set_gauge", gauges)
     instance = drift_monitor.DriftMonitor.func_or_class(AppArgs())
@@ -97,7 +97,7 @@ def test_without_a_reference_it_says_why_and_exports_no_drift(monkeypatch):
 
 
 def test_titan_embeddings_are_not_compared_with_a_minilm_reference(monkeypatch):
-    monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (None, "none"))
+    monkeypatch.setattr(drift_monitor, "load_reference", lambda args: (None, None, "none"))
     monkeypatch.setattr(drift_monitor, "set_gauge", Gauges())
     instance = drift_monitor.DriftMonitor.func_or_class(AppArgs(embedder_backend="bedrock"))
     run(instance.record(traffic(3, seed=10)))

@@ -178,3 +178,18 @@ def test_item_similarity_prefers_shared_genres_and_demographic():
     scores = {sid: similarity(berserk, series_document(CATALOG[sid]).metadata)
               for sid in ("hellsing", "fruits-basket", "berserk") if sid in CATALOG}
     assert scores["berserk"] > scores["hellsing"] > scores["fruits-basket"]
+
+
+def test_a_model_version_is_named_without_downloading_or_hashing(tmp_path, monkeypatch):
+    from serve.loading import model_version
+
+    assert model_version("s3://models-bucket/mangaassist/intent/v-abc123") == "v-abc123"
+    folder = tmp_path / "intent" / "v-def456"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text('{"name": "intent", "version": "v-def456"}')
+    (tmp_path / "intent" / "current").write_text("v-def456")
+    assert model_version(str(folder)) == "v-def456"
+    from models.registry import Registry
+
+    monkeypatch.setattr("serve.loading.Registry", lambda: Registry(tmp_path))
+    assert model_version("intent") == model_version("intent:v-def456") == "v-def456"
