@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run build test test-unit clean-venv prometheus monitor helm
+.PHONY: run build test test-unit clean-venv prometheus monitor helm bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ helm: .tools/bin/helm
 ## the whole test suite
 test: $(STAMP) prometheus helm
 	$(BIN)/python -m pytest -q
+
+## the benchmarks (benchmarks/README.md): about 45 minutes on 2 vCPUs; results and plots in benchmarks/results/
+bench: build
+	$(BIN)/python -m benchmarks.stages
+	$(BIN)/python -m benchmarks.chat
+	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.coldstart
+	$(BIN)/python -m benchmarks.summary
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

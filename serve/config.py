@@ -27,6 +27,8 @@ class ModelSpec(Strict):
     precision: Literal["fp32", "int8"] = "int8"
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: the replica's whole CPUs, at least 1")
+    max_length: int | None = Field(None, ge=16, le=512, description="truncate inputs to this many tokens; default: the "
+                                   "model card's (cost grows with length: see the tuning guide)")
 
 
 class Batching(Strict):

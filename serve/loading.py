@@ -122,8 +122,10 @@ def load_model(spec: ModelSpec) -> tuple[TextModel, dict]:
     folder = resolve_model(spec.ref)  # verifies every checksum: a tampered model never serves
     threads = spec.threads or replica_threads()
     model = TextModel(folder, spec.runtime, spec.precision, threads, spec.device)
+    model.max_length = spec.max_length or model.max_length
     info = {"model": folder.parent.name, "version": folder.name, "runtime": spec.runtime,
-            "precision": model.precision, "providers": model.providers, "threads": threads}
+            "precision": model.precision, "providers": model.providers, "threads": threads,
+            "max_length": model.max_length}
     return model, info
 
 

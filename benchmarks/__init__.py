@@ -1,0 +1,1 @@
+"""Benchmarks of MangaAssist Serve (`make bench`); results in benchmarks/results/."""

@@ -1,0 +1,171 @@
+"""Retrieval at catalog scale: FAISS HNSW against exact search, 10k to 1M products.
+
+    python -m benchmarks.retrieval [--sizes 10000,100000,1000000] [--out benchmarks/results]
+
+Products come from the seeded catalog expander (every real volume x edition, then synthetic ones)
+and are embedded with the served embedder (ONNX int8), once: the vectors are cached under
+MANGAASSIST_HOME/bench/ in resumable chunks. Queries are real shopper messages (the intent
+dataset's catalog intents). For each size: HNSW build time and memory with the served
+parameters (serve.index), then recall@10 against exact inner-product search and single-query
+latency over an efSearch sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models.datasets import load_catalog, load_intents
+from models.expand import products
+from models.paths import home
+from models.runtime import TextModel
+from serve.index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M
+from serve.loading import resolve_model
+
+from .report import machine, save_result
+
+CHUNK = 50_000
+CATALOG_INTENTS = {"recommendation", "product_search", "product_question", "price_availability"}
+
+
+def product_vectors(count: int, threads: int) -> np.ndarray:
+    """The first `count` products' embeddings (float32, normalized), computed once per embedder version."""
+    folder = resolve_model("embedder")
+    cache = home() / "bench" / f"product-vectors-{folder.name}"
+    cache.mkdir(parents=True, exist_ok=True)
+    n_chunks = -(-count // CHUNK)
+    missing = [c for c in range(n_chunks) if not (cache / f"{c:04d}.npy").exists()]
+    if missing:
+        import itertools
+
+        model = TextModel(folder, "onnx", "int8", threads=threads)
+        stream = products(load_catalog(), extra=n_chunks * CHUNK)  # seeded and ordered: chunk c is fixed
+        bar = tqdm(total=len(missing) * CHUNK, desc="embedding products", unit="doc", smoothing=0.05)
+        for c in range(n_chunks):
+            texts = [p.document() for p in itertools.islice(stream, CHUNK)]
+            if c not in missing:
+                continue
+            order = np.argsort([len(t) for t in texts])  # similar lengths per batch: little padding
+            out = np.empty((len(texts), 384), dtype=np.float32)
+            for s in range(0, len(texts), 64):
+                idx = order[s:s + 64]
+                out[idx] = model.embed([texts[i] for i in idx])
+                bar.update(len(idx))
+            tmp = cache / f"{c:04d}.tmp.npy"
+            np.save(tmp, out.astype(np.float16))  # half the disk; recall is measured on these same vectors
+            tmp.rename(cache / f"{c:04d}.npy")
+        bar.close()
+    vecs = np.concatenate([np.load(cache / f"{c:04d}.npy") for c in range(n_chunks)])[:count].astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def query_vectors(n: int, threads: int) -> np.ndarray:
+    texts = [ex.text for split in ("test", "validation", "train") for ex in load_intents(split)
+             if ex.label in CATALOG_INTENTS][:n]
+    return TextModel(resolve_model("embedder"), "onnx", "int8", threads=threads).embed(texts)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_size(vectors: np.ndarray, queries: np.ndarray, ef_construction: int, ef_searches: list[int]) -> dict:
+    import faiss
+
+    n, d = vectors.shape
+    exact = faiss.IndexFlatIP(d)
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+    del exact
+    before = rss_mb()
+    index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    t0 = time.perf_counter()
+    for s in tqdm(range(0, n, 20_000), desc=f"HNSW build {n:,}", unit="chunk", leave=False):
+        index.add(vectors[s:s + 20_000])
+    build_s = time.perf_counter() - t0
+    index_mb = rss_mb() - before
+    faiss.omp_set_num_threads(1)  # one query per call on one thread: what a Retriever replica does
+    sweep = []
+    for ef in ef_searches:
+        params = faiss.SearchParametersHNSW(efSearch=ef)
+        found, lat = [], []
+        for q in queries:
+            t = time.perf_counter()
+            _, ids = index.search(q[None, :], 10, params=params)
+            lat.append(time.perf_counter() - t)
+            found.append(ids[0])
+        recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+        lat_ms = np.array(lat) * 1000
+        sweep.append({"ef_search": ef, "recall@10": round(recall, 4), "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+                      "p99_ms": round(float(np.percentile(lat_ms, 99)), 3), "qps_1_thread": round(len(lat) / sum(lat), 1)})
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return {"products": n, "hnsw_m": HNSW_M, "ef_construction": ef_construction, "build_s": round(build_s, 1),
+            "index_memory_mb": round(index_mb, 1), "vectors_mb": round(vectors.nbytes / 2**20, 1), "sweep": sweep}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in runs:
+        axes[0].plot([s["p50_ms"] for s in run["sweep"]], [s["recall@10"] for s in run["sweep"]], "o-",
+                     label=f"{run['products']:,} products")
+    axes[0].axhline(0.95, color="grey", ls="--", lw=0.8)
+    axes[0].set(xlabel="p50 search latency (ms, 1 thread)", ylabel="recall@10 vs exact", title="HNSW: recall vs latency (efSearch sweep)")
+    axes[0].legend()
+    sizes = [r["products"] for r in runs]
+    served = [next(s for s in r["sweep"] if s["ef_search"] == EF_SEARCH) for r in runs]
+    axes[1].plot(sizes, [s["p50_ms"] for s in served], "o-", label="p50")
+    axes[1].plot(sizes, [s["p99_ms"] for s in served], "s--", label="p99")
+    axes[1].set(xscale="log", xlabel="products", ylabel="ms", title=f"search latency at efSearch={EF_SEARCH}")
+    axes[1].legend()
+    axes[2].plot(sizes, [r["index_memory_mb"] for r in runs], "o-", label="HNSW index (RSS growth)")
+    axes[2].plot(sizes, [r["vectors_mb"] for r in runs], "s--", label="raw float32 vectors")
+    axes[2].set(xscale="log", yscale="log", xlabel="products", ylabel="MB", title="memory")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
+    parser.add_argument("--ef-search", default="16,32,64,128,256")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for embedding and index builds")
+    parser.add_argument("--embed-only", action="store_true", help="only fill the vector cache")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    vectors = product_vectors(max(sizes), args.threads)
+    if args.embed_only:
+        return 0
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    queries = query_vectors(args.queries, args.threads)
+    runs = [bench_size(vectors[:n], queries, args.ef_construction, [int(e) for e in args.ef_search.split(",")])
+            for n in sizes]
+    result = {"machine": machine(), "queries": len(queries), "served_ef_search": EF_SEARCH,
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "runs": runs}
+    save_result(args.out, "retrieval", result)
+    plot(result, args.out / "retrieval.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
