@@ -136,9 +136,11 @@ def cmd_serve(args) -> int:
     from ray import serve
 
     stop = threading.Event()
+    start_ray(args.num_cpus, args.metrics_port)
+    # after ray.init, which installs its own SIGTERM handler (kill Ray's processes at once, then exit):
+    # ours lets Serve drain in-flight requests (graceful_shutdown_*) before Ray stops, as Ctrl-C does
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    start_ray(args.num_cpus, args.metrics_port)
     try:
         url = deploy(config)
         print(f"starting MangaAssist on {url} ...", flush=True)
@@ -156,14 +158,37 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    """API keys: `new` makes a key and prints it with its digest; `hash` reads keys from standard input
+    (never from the command line, which other users and the shell history can see), one digest a line."""
+    from .security import hash_key, new_key
+
+    if args.action == "new":
+        key = new_key()
+        print(f"key:    {key}\nsha256: {hash_key(key)}\n\nGive the key to the client; put only the sha256 in "
+              "args.auth.key_hashes or MANGAASSIST_API_KEY_HASHES.", flush=True)
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        keys = [getpass.getpass("API key (not echoed): ")]
+    else:
+        keys = [line.strip() for line in sys.stdin if line.strip()]
+    for key in keys:
+        print(hash_key(key))
+    return 0 if keys else 1
+
+
 def cmd_chat(args) -> int:
     """Stream one answer from a running server to the terminal."""
     import httpx
 
     body = {"query": args.query, "stream": True, "top_k": args.top_k}
+    key = os.environ.get("MANGAASSIST_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     final = None
     try:
-        with httpx.stream("POST", f"{args.url}/v1/chat", json=body, timeout=60) as r:
+        with httpx.stream("POST", f"{args.url}/v1/chat", json=body, headers=headers, timeout=60) as r:
             if r.status_code != 200:
                 r.read()
                 print(f"error {r.status_code}: {r.text}", file=sys.stderr)
@@ -230,6 +255,10 @@ def add_commands(sub) -> None:
     m.add_argument("--alertmanager-port", type=int, default=9093)
     m.add_argument("--webhook", default=None, help="where the Alertmanager sends alerts (a webhook URL)")
     m.set_defaults(func=cmd_monitor)
+
+    k = sub.add_parser("keys", help="API keys: `new` (a random key and its sha256), `hash` (sha256 of keys on stdin)")
+    k.add_argument("action", choices=["new", "hash"])
+    k.set_defaults(func=cmd_keys)
 
     c = sub.add_parser("chat", help="ask the running assistant; the answer streams in the terminal")
     c.add_argument("query")

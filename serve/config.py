@@ -57,6 +57,21 @@ class Timeouts(Strict):
     rerank: float = Field(3.0, gt=0)
     generate: float = Field(5.0, gt=0)
     ready: float = Field(2.0, gt=0)
+    request: float = Field(15.0, gt=0, description="end to end in the gateway (the SSE stream's generation "
+                                                    "excepted, which `generate` bounds): beyond it a 408")
+
+
+class AuthSettings(Strict):
+    """Optional API keys (`Authorization: Bearer <key>` or `x-api-key`), stored as sha256 hex digests
+    (`mangaassist keys hash`), never in plain text; /healthz and /readyz stay open."""
+
+    enabled: bool = False
+    key_hashes: list[str] = Field(default_factory=list, description="sha256 hex digests of the accepted keys")
+    key_hashes_env: str | None = Field("MANGAASSIST_API_KEY_HASHES", description="environment variable holding "
+                                       "more digests (comma or newline separated), e.g. from a Kubernetes Secret")
+    key_hashes_file: str | None = Field(None, description="file holding more digests, one a line (a mounted Secret)")
+    rate_per_s: float = Field(10.0, gt=0, description="requests per second per key (token bucket refill)")
+    burst: int = Field(20, ge=1, description="token bucket capacity per key")
 
 
 class DriftSettings(Strict):
@@ -100,3 +115,4 @@ class AppArgs(Strict):
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     drift: DriftSettings = DriftSettings()
+    auth: AuthSettings = AuthSettings()

@@ -7,7 +7,9 @@ comes back, in retrieval order or from the in-process template, and `degraded` s
 
 import asyncio
 import collections
+import functools
 import json
+import logging
 import re
 import time
 import uuid
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,16 +28,34 @@ from monitoring.metrics import metric
 from monitoring.tracing import stage_span
 
 from .config import AppArgs
-from .generator import TemplateGenerator
+from .generator import INTERRUPTED, TemplateGenerator
 from .index import FilterError, check_filters
 from .routing import asks_for_similar, index_for, order_number, similarity, volume_number
 from .schemas import (ChatRequest, ChatResponse, ClassifyResponse, EmbedResponse, ErrorResponse, RerankRequest,
                       RerankResponse, SearchRequest, SearchResponse, TextsRequest)
+from .security import ApiKeys, AuthError, install_log_redaction
+
+log = logging.getLogger("ray.serve")  # Serve's replica log, with the request id; records pass RedactingFilter
 
 REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
-ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-          503: {"model": ErrorResponse}}
-DRIFT_ERRORS = {404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def _error(description: str, retry_after: bool = False) -> dict:
+    headers = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+    return {"model": ErrorResponse, "description": description, **({"headers": headers} if retry_after else {})}
+
+
+# what any route may answer besides its own errors: API keys (when enabled), the request deadline, overload
+COMMON_ERRORS = {401: _error("API keys are enabled and the request has no valid key"),
+                 408: _error("the request did not finish within timeouts.request"),
+                 413: _error("the body is over limits.max_body_bytes"),
+                 429: _error("over the API key's rate limit", retry_after=True),
+                 503: _error("overloaded, or a required stage failed or missed its deadline", retry_after=True)}
+ERRORS = {**COMMON_ERRORS, 400: _error("empty query, invalid JSON or UTF-8"),
+          413: _error("a query, text, document, list or the body is over its limit"),
+          422: _error("wrong types, unknown fields, an inapplicable filter, top_k over its limit")}
+DRIFT_ERRORS = {**COMMON_ERRORS, 404: _error("drift monitoring is disabled")}
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
 class ApiError(Exception):
@@ -56,25 +77,87 @@ app = FastAPI(
 
 
 BODY_LIMIT = {"bytes": 256 * 1024}  # set from Limits by the replica's Gateway
+API_KEYS: dict[str, ApiKeys] = {}  # {"keys": ...} set from AuthSettings by the replica's Gateway
 
 
 ROUTES = frozenset({"/v1/chat", "/v1/classify", "/v1/embed", "/v1/search", "/v1/rerank", "/v1/drift",
                     "/v1/drift/report", "/healthz", "/readyz"})
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, size: int):
+        super().__init__(413, f"request body is over {size} bytes; the limit is {BODY_LIMIT['bytes']}")
+
+
+class BodyLimit:
+    """Counts the bytes of a body as they arrive, so that one without a Content-Length (chunked) cannot
+    grow without bound either: past the limit, reading it raises BodyTooLarge (a 413)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > BODY_LIMIT["bytes"]:
+                    raise BodyTooLarge(received)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+app.add_middleware(BodyLimit)
+
+
 @app.middleware("http")
 async def _body_limit_and_metrics(request: Request, call_next):
     started = time.perf_counter()
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > BODY_LIMIT["bytes"]:
-        response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {BODY_LIMIT['bytes']}")
-    else:
-        response = await call_next(request)
+    keys = API_KEYS.get("keys")
+    try:
+        if keys is not None and _relative_path(request) not in OPEN_PATHS:
+            keys.check(request.headers)  # before reading the body: an anonymous client costs nothing
+        if length and length.isdigit() and int(length) > BODY_LIMIT["bytes"]:
+            response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {BODY_LIMIT['bytes']}")
+        else:
+            response = await call_next(request)
+    except AuthError as exc:
+        response = error_response(exc.status, exc.type, exc.message, exc.retry_after)
     route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
     tags = {"route": route, "intent": getattr(request.state, "intent", "none"), "status": str(response.status_code)}
     metric("mangaassist_requests").inc(tags=tags)
     metric("mangaassist_request_latency_seconds").observe(time.perf_counter() - started, tags={"route": route})
     return response
+
+
+def _relative_path(request: Request) -> str:
+    """The path inside this app (an app may be served under a route prefix)."""
+    root = request.scope.get("root_path", "")
+    path = request.url.path
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
+def deadline(handler):
+    """The end-to-end deadline (timeouts.request) of a route: past it, every stage still running is
+    cancelled (down the graph: Serve cancels the handle calls) and the answer is a 408."""
+
+    @functools.wraps(handler)
+    async def bounded(self, *args, **kwargs):
+        limit = self.args.timeouts.request
+        try:
+            async with asyncio.timeout(limit):
+                return await handler(self, *args, **kwargs)
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"the request did not finish within {limit:.1f} s", 1)
+
+    return bounded
 
 
 @app.exception_handler(ApiError)
@@ -95,6 +178,8 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 async def _http_error(request: Request, exc: StarletteHTTPException):
     if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI's undecodable body
         return error_response(400, "invalid_json", "request body is not valid UTF-8 JSON")
+    if isinstance(exc, BodyTooLarge):
+        return error_response(413, "body_too_large", str(exc.detail))
     return error_response(exc.status_code, "http_error", str(exc.detail))
 
 
@@ -136,6 +221,8 @@ class Gateway:
         self.args = args
         self.limits = args.limits
         BODY_LIMIT["bytes"] = args.limits.max_body_bytes
+        API_KEYS["keys"] = ApiKeys(args.auth) if args.auth.enabled else None
+        install_log_redaction("ray.serve")
         self.fallback_generator = TemplateGenerator()
         self.embedder_name: str | None = None
 
@@ -149,10 +236,21 @@ class Gateway:
             raise ApiError(503, f"{name}_timeout", f"the {name} stage did not answer within {timeout:.1f} s", 1)
         except ApiError:
             raise
+        except BackPressureError:  # the stage's queue is full (max_queued_requests): shed, do not wait
+            raise ApiError(503, "overloaded", f"the {name} stage is overloaded; retry shortly", 1)
         except Exception as exc:  # the deployment raised or is unavailable
             raise ApiError(503, f"{name}_unavailable", f"the {name} stage failed ({type(exc).__name__})", 2)
 
+    @staticmethod
+    def _unicode(text: str, what: str) -> None:
+        """JSON may escape a lone surrogate (\\ud800); it is no text a model or an answer can hold: a 400."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "invalid_text", f"{what} is not valid Unicode text (a lone surrogate)")
+
     def _query(self, text: str) -> str:
+        self._unicode(text, "query")
         if not text.strip():
             raise ApiError(400, "empty_query", "query must contain non-whitespace text")
         if len(text) > self.limits.max_query_chars:
@@ -170,6 +268,8 @@ class Gateway:
         too_long = [i for i, t in enumerate(texts) if len(t) > max_chars]
         if too_long:
             raise ApiError(413, f"{what.rstrip('s')}_too_long", f"{what} {too_long[:5]} exceed {max_chars} characters")
+        for t in texts:
+            self._unicode(t, what)
         if any(not t.strip() for t in texts):
             raise ApiError(400, "empty_query", f"every one of the {what} must contain non-whitespace text")
         return [t.strip() for t in texts]
@@ -197,22 +297,29 @@ class Gateway:
 
     # --- the chat pipeline --------------------------------------------------------------------
 
-    async def _retrieve(self, query: str, intent: str, index: str, top_k: int, filters: dict, timer: Timer):
+    async def _stage(self, timer: Timer, stage: str, name: str, response, timeout: float):
+        async with timer.stage(stage):
+            return await self._call(name, response, timeout)
+
+    async def _retrieve(self, query: str, intent: str, index: str, top_k: int, filters: dict, timer: Timer,
+                        early: dict[str, asyncio.Task]):
+        """`early` holds the embedding of the query and the title lookup, started beside the classifier."""
         t = self.args.timeouts
         degraded: list[str] = []
         context: dict = {"volume": volume_number(query), "order_number": order_number(query)}
         search_text, exclude, named, reference = query, [], [], None
         if index == "catalog":
-            async with timer.stage("lookup"):
-                named = await self._call("search", self.retriever.named_series.remote(query), t.search)
+            named = await early["lookup"]
             if intent == "recommendation" and named and asks_for_similar(query):
                 reference = named[0]
                 context["reference"] = reference["title"]
                 meta = reference["metadata"]
                 search_text = f"{query} {profile(meta['demographic'], meta['genres'])}"
                 exclude, named = [d["id"] for d in named], []
-        async with timer.stage("embed"):
-            vectors = await self._call("embed", self.embedder.embed.remote([search_text]), t.embed)
+        if search_text == query:
+            vectors = await early["embed"]
+        else:  # "like X": search with X's profile
+            vectors = await self._stage(timer, "embed", "embed", self.embedder.embed.remote([search_text]), t.embed)
         async with timer.stage("search"):
             hits = await self._call("search", self.retriever.search.remote(vectors[0], index, self.args.retrieve_k,
                                                                            filters, exclude), t.search)
@@ -248,15 +355,24 @@ class Gateway:
         query = self._query(req.query)
         self._top_k(req.top_k)
         t = self.args.timeouts
-        async with timer.stage("intent"):
-            prediction = (await self._call("intent", self.classifier.classify.remote([query]), t.intent))[0]
-        label, confidence = prediction["label"], prediction["confidence"]
-        low = confidence < self.args.low_confidence_threshold
-        index = index_for(label)
-        filters = self._filters(index, req.filters) if index else {}
-        sources, degraded, context, signals = [], [], {}, {}
-        if index:
-            sources, degraded, context, signals = await self._retrieve(query, label, index, req.top_k, filters, timer)
+        # The query's embedding and title lookup do not depend on its intent: start them beside the
+        # classifier (one round trip instead of three; chitchat, 1 in 8, wastes one small embedding).
+        early = {"embed": asyncio.ensure_future(self._stage(timer, "embed", "embed", self.embedder.embed.remote([query]), t.embed)),
+                 "lookup": asyncio.ensure_future(self._stage(timer, "lookup", "search", self.retriever.named_series.remote(query), t.search))}
+        try:
+            prediction = (await self._stage(timer, "intent", "intent", self.classifier.classify.remote([query]), t.intent))[0]
+            label, confidence = prediction["label"], prediction["confidence"]
+            low = confidence < self.args.low_confidence_threshold
+            index = index_for(label)
+            filters = self._filters(index, req.filters) if index else {}
+            sources, degraded, context, signals = [], [], {}, {}
+            if index:
+                sources, degraded, context, signals = await self._retrieve(query, label, index, req.top_k, filters,
+                                                                           timer, early)
+        finally:
+            for task in early.values():  # not needed (chitchat, policy) or abandoned on an error: cancel down the graph
+                task.cancel()
+            await asyncio.gather(*early.values(), return_exceptions=True)
         context["low_confidence"] = low
         intent = {"label": label, "confidence": round(confidence, 4), "low_confidence": low}
         reranked = bool(sources) and not {"reranker_timeout", "reranker_unavailable"} & set(degraded)
@@ -312,12 +428,15 @@ class Gateway:
 
     @app.post("/v1/chat", response_model=ChatResponse, responses=ERRORS,
               summary="Answer a shopper's message (JSON, or Server-Sent Events with stream=true)")
+    @deadline
     async def chat(self, req: ChatRequest, request: Request):
         request_id = self._request_id(request)
         timer = Timer(request_id)
         query, intent, sources, degraded, context = await self._prepare(req, timer)
         request.state.intent = intent["label"]
         stream = req.stream or "text/event-stream" in request.headers.get("accept", "")
+        log.info("chat intent=%s sources=%d degraded=%s stream=%s query=%r", intent["label"], len(sources),
+                 degraded, stream, query)
         if stream:
             return StreamingResponse(self._sse(query, intent, sources, degraded, context, request_id, timer),
                                      media_type="text/event-stream",
@@ -348,16 +467,23 @@ class Gateway:
 
         with stage_span("generate", request_id, current=False):
             try:
-                async for item in self.generator.options(stream=True).stream.remote(intent["label"], query, sources,
-                                                                                    context):
-                    if "delta" in item:
-                        yield token(item["delta"])
-                    else:
-                        degraded += item["degraded"]
-                        usage = item["usage"]
-            except Exception:  # the generator deployment itself failed: continue with the in-process template
-                degraded.append("generator_unavailable")
-                for delta in list(self.fallback_generator.stream(intent["label"], query, sources, context))[len(parts):]:
+                # a late generator is cut off (Serve cancels its stream) like the JSON path's
+                async with asyncio.timeout(self.args.timeouts.generate):
+                    async for item in self.generator.options(stream=True).stream.remote(intent["label"], query,
+                                                                                        sources, context):
+                        if "delta" in item:
+                            yield token(item["delta"])
+                        else:
+                            degraded += item["degraded"]
+                            usage = item["usage"]
+            except Exception as exc:  # the generator failed or is late: continue with the in-process template
+                degraded.append("generator_timeout" if isinstance(exc, TimeoutError) else "generator_unavailable")
+                fallback = list(self.fallback_generator.stream(intent["label"], query, sources, context))
+                if self.args.generator_backend == "template":  # the same words: carry on where it stopped
+                    fallback = fallback[len(parts):]
+                elif parts:
+                    fallback.insert(0, INTERRUPTED)
+                for delta in fallback:
                     yield token(delta)
         timer.stages["generate"] = round((time.perf_counter() - t0) * 1000, 2)
         final = {"answer": "".join(parts), "intent": intent, "sources": self._public(sources), "degraded": degraded,
@@ -368,6 +494,7 @@ class Gateway:
     # --- the model routes ---------------------------------------------------------------------
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, summary="Intent of each text")
+    @deadline
     async def classify(self, req: TextsRequest):
         timer = Timer()
         texts = self._texts(req.texts, self.limits.max_texts, "texts")
@@ -376,6 +503,7 @@ class Gateway:
         return self._json({"predictions": predictions}, timer)
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, summary="Normalized embedding of each text")
+    @deadline
     async def embed(self, req: TextsRequest):
         timer = Timer()
         texts = self._texts(req.texts, self.limits.max_texts, "texts")
@@ -388,6 +516,7 @@ class Gateway:
                            "model": self.embedder_name}, timer)
 
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, summary="k-NN search with metadata filters")
+    @deadline
     async def search(self, req: SearchRequest):
         timer = Timer()
         query = self._query(req.query)
@@ -402,6 +531,7 @@ class Gateway:
                           timer)
 
     @app.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS, summary="Cross-encoder relevance of documents")
+    @deadline
     async def rerank(self, req: RerankRequest):
         timer = Timer()
         query = self._query(req.query)
@@ -420,11 +550,13 @@ class Gateway:
 
     @app.get("/v1/drift", responses=DRIFT_ERRORS,
              summary="Drift monitor: window, reference and the last per-feature drift result")
+    @deadline
     async def drift_status(self):
         return await self._drift_call("status")
 
     @app.get("/v1/drift/report", response_class=HTMLResponse, responses=DRIFT_ERRORS,
              summary="Evidently's HTML data-drift report of the current window against the reference")
+    @deadline
     async def drift_report(self):
         return HTMLResponse(await self._drift_call("report"))
 
@@ -434,7 +566,8 @@ class Gateway:
     async def healthz(self):
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: every deployment has loaded its model or index")
+    @app.get("/readyz", summary="Readiness: every deployment has loaded its model or index",
+             responses={503: {"description": "not ready: the deployments that did not answer, with Retry-After"}})
     async def readyz(self):
         names = ("classifier", "embedder", "retriever", "reranker", "generator")
         results = await asyncio.gather(*(asyncio.wait_for(getattr(self, n).ready.remote(), self.args.timeouts.ready)

@@ -6,8 +6,10 @@ retrieved passage. The generator never invents one.
 """
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Iterator
 
 from ray import serve
 
@@ -17,6 +19,7 @@ BYE = re.compile(r"\b(bye|goodbye|see ya|cya|later|adios|sayonara|ciao)\b", re.I
 WORD = re.compile(r"[a-z0-9]+")
 STOP = frozenset("a an the and or of to in on for is are do does you your my i me it can how what when where which with "
                  "be if at by from this that there have has will would could should get any about".split())
+INTERRUPTED = "\n\n[The answer was interrupted. From our documents:]\n"
 CAPABILITIES = ("I can recommend manga, find series and volumes, check prices and stock, and answer questions "
                 "about shipping, returns and orders.")
 
@@ -198,7 +201,30 @@ class Generator:
         bedrock_health("converse", self.claude.breaker)
         return {"answer": result.text, "degraded": _truncation(result), "usage": _usage(result)}
 
-    def stream(self, intent: str, query: str, sources: list[dict], context: dict) -> Iterator[dict]:
+    async def stream(self, intent: str, query: str, sources: list[dict], context: dict) -> AsyncIterator[dict]:
+        """Async, so that a cancelled request (the shopper went away, or the gateway's deadline)
+        stops here between two deltas and closes Claude's stream: no orphaned generation."""
+        items = self._stream(intent, query, sources, context)
+        if self.claude is None:  # the template: microseconds, nothing to offload
+            for item in items:
+                yield item
+            return
+        # botocore blocks: pull each item in a thread of this stream's own, so that the close below
+        # runs after a pending read, never beside it (a generator cannot be closed while it runs)
+        pull = ThreadPoolExecutor(1, thread_name_prefix="claude-stream")
+        try:
+            while (item := await asyncio.wrap_future(pull.submit(next, items, None))) is not None:
+                yield item
+        except asyncio.CancelledError:
+            from monitoring.metrics import metric
+
+            metric("mangaassist_cancelled").inc(tags={"stage": "generate"})
+            raise
+        finally:
+            pull.submit(items.close)  # GeneratorExit in Claude's stream closes the HTTP response
+            pull.shutdown(wait=False)
+
+    def _stream(self, intent: str, query: str, sources: list[dict], context: dict) -> Iterator[dict]:
         if self.claude is None:
             for token in self.template.stream(intent, query, sources, context):
                 yield {"delta": token}
@@ -219,7 +245,7 @@ class Generator:
             bedrock_health("converse_stream", self.claude.breaker, exc.reason)
             # the shopper still gets a grounded answer; if Claude's was cut off, say where it restarts
             if sent:
-                yield {"delta": "\n\n[The answer was interrupted. From our documents:]\n"}
+                yield {"delta": INTERRUPTED}
             for token in self.template.stream(intent, query, sources, context):
                 yield {"delta": token}
             yield {"degraded": [exc.reason], "usage": None}

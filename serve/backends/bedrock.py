@@ -375,16 +375,21 @@ class ClaudeGenerator:
         stop_reason, usage = None, {}
         with _guarded(self.breaker, "ConverseStream", self.model_id):
             response = self.client.converse_stream(**request)
-            for event in response["stream"]:
-                if "contentBlockDelta" in event:
-                    delta = event["contentBlockDelta"]["delta"].get("text")
-                    if delta:
-                        parts.append(delta)
-                        yield delta
-                elif "messageStop" in event:
-                    stop_reason = event["messageStop"]["stopReason"]
-                elif "metadata" in event:
-                    usage = event["metadata"].get("usage", {})
+            try:
+                for event in response["stream"]:
+                    if "contentBlockDelta" in event:
+                        delta = event["contentBlockDelta"]["delta"].get("text")
+                        if delta:
+                            parts.append(delta)
+                            yield delta
+                    elif "messageStop" in event:
+                        stop_reason = event["messageStop"]["stopReason"]
+                    elif "metadata" in event:
+                        usage = event["metadata"].get("usage", {})
+            finally:
+                # a consumer that stops early (the shopper left) drops the connection now, so Bedrock
+                # stops generating, rather than when the response is garbage-collected
+                response["stream"].close()
             if stop_reason is None:
                 raise BackendUnavailable("bedrock_unavailable", "stream ended before messageStop")
         yield self._result("".join(parts), stop_reason, usage)
