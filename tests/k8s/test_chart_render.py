@@ -73,7 +73,7 @@ def test_serve_config_is_valid_for_ray_and_the_app(scenario):
     local = yaml.safe_load((ROOT / "serve" / "config" / "local.yaml").read_text())["applications"][0]
     assert (app["import_path"], app["route_prefix"]) == (local["import_path"], local["route_prefix"])
     assert {d["name"] for d in local["deployments"]} <= set(DEPLOYMENTS)
-    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 30}
     for deployment in app["deployments"]:
         assert {"max_ongoing_requests", "max_queued_requests", "ray_actor_options"} <= deployment.keys()
         assert ("num_replicas" in deployment) != ("autoscaling_config" in deployment)

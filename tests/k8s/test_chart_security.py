@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k8s_chart import SCENARIOS, one, ray_pod_templates, rendered
+from k8s_chart import SCENARIOS, one, ray_pod_templates, rendered, serve_config
 
 RAY_INTERNAL_PORTS = {8265, 6379, 10001}  # dashboard, GCS, Ray client
 
@@ -103,3 +103,33 @@ def test_registry_volume_is_read_only():
         assert store["readOnly"] is True
         claim = next(v for v in pod["spec"]["volumes"] if v["name"] == "model-store")["persistentVolumeClaim"]
         assert claim == {"claimName": "mangaassist-home", "readOnly": True}
+
+
+# --- overload, shutdown and API keys in the rendered Serve config --------------------------------
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_deployment_sheds_load_and_drains_on_shutdown(scenario):
+    """Bounded queues everywhere (an overload is a quick 503 with Retry-After, never an unbounded
+    queue), and replicas finish in-flight requests before they stop (rolling updates, scale-down)."""
+    config = serve_config(rendered(scenario))
+    request_timeout = config["http_options"]["request_timeout_s"]
+    (app,) = config["applications"]
+    deadline = app["args"].get("timeouts", {}).get("request", 15.0)
+    assert 0 < deadline < request_timeout  # the app's deadline answers first, in its error JSON
+    for deployment in app["deployments"]:
+        name = deployment["name"]
+        assert deployment["max_queued_requests"] > 0 and deployment["max_ongoing_requests"] > 0, name
+        assert deployment["graceful_shutdown_timeout_s"] >= 10, name
+    gateway = next(d for d in app["deployments"] if d["name"] == "Gateway")
+    assert gateway["backpressure_config"]["retry_after_s"] >= 1
+    assert gateway["graceful_shutdown_timeout_s"] > deadline  # a request in flight can finish
+
+
+def test_api_keys_are_digests_from_a_secret_never_rendered():
+    objects = rendered(sets=("serve.args.auth.enabled=true", "secrets.apiKeys.existingSecret=mangaassist-api-keys"))
+    auth = serve_config(objects)["applications"][0]["args"]["auth"]
+    assert auth["enabled"] is True and auth.get("key_hashes", []) == []
+    for pod in ray_pod_templates(objects).values():
+        (container,) = pod["spec"]["containers"]
+        assert {"secretRef": {"name": "mangaassist-api-keys"}} in container["envFrom"]
+    assert not [o for o in objects if o["kind"] == "Secret"]  # the chart never renders one itself

@@ -59,7 +59,7 @@ app.kubernetes.io/part-of: mangaassist
 {{- end }}
 {{- end }}
 {{- $app := dict "name" "mangaassist" "route_prefix" "/" "import_path" "serve.app:build_app" "args" .Values.serve.args "deployments" $deployments }}
-{{- $config := dict "proxy_location" .Values.serve.proxyLocation "http_options" (dict "host" "0.0.0.0" "port" (int .Values.serve.port)) "applications" (list $app) }}
+{{- $config := dict "proxy_location" .Values.serve.proxyLocation "http_options" (dict "host" "0.0.0.0" "port" (int .Values.serve.port) "request_timeout_s" .Values.serve.requestTimeoutS) "applications" (list $app) }}
 {{- toYaml $config }}
 {{- end }}
 
