@@ -34,11 +34,40 @@ CHUNK = 50_000
 CATALOG_INTENTS = {"recommendation", "product_search", "product_question", "price_availability"}
 
 
+def cache_dir() -> Path:
+    path = home() / "bench" / f"product-vectors-{resolve_model('embedder').name}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached_vectors(count: int) -> np.ndarray:
+    """The embedded products already in the cache, at most `count` (float32, normalized)."""
+    chunks = sorted(p for p in cache_dir().glob("[0-9][0-9][0-9][0-9].npy"))
+    chunks = [p for i, p in enumerate(chunks) if p.name == f"{i:04d}.npy"]  # a contiguous prefix only
+    if not chunks:
+        return np.empty((0, 384), dtype=np.float32)
+    vecs = np.concatenate([np.load(p) for p in chunks])[:count].astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def sampled_vectors(real: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """`count` vectors drawn from a 64-component Gaussian mixture fitted to the real product embeddings
+    (for sizes beyond what was embedded: the same covariance structure, no real text behind them)."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(seed)
+    fit_on = real[rng.choice(len(real), min(len(real), 50_000), replace=False)]
+    gmm = GaussianMixture(64, covariance_type="diag", random_state=seed, max_iter=50).fit(fit_on)
+    out, _ = gmm.sample(count)
+    rng.shuffle(out)
+    out = out.astype(np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
 def product_vectors(count: int, threads: int) -> np.ndarray:
     """The first `count` products' embeddings (float32, normalized), computed once per embedder version."""
     folder = resolve_model("embedder")
-    cache = home() / "bench" / f"product-vectors-{folder.name}"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir()
     n_chunks = -(-count // CHUNK)
     missing = [c for c in range(n_chunks) if not (cache / f"{c:04d}.npy").exists()]
     if missing:
@@ -61,8 +90,7 @@ def product_vectors(count: int, threads: int) -> np.ndarray:
             np.save(tmp, out.astype(np.float16))  # half the disk; recall is measured on these same vectors
             tmp.rename(cache / f"{c:04d}.npy")
         bar.close()
-    vecs = np.concatenate([np.load(cache / f"{c:04d}.npy") for c in range(n_chunks)])[:count].astype(np.float32)
-    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    return cached_vectors(count)
 
 
 def query_vectors(n: int, threads: int) -> np.ndarray:
@@ -148,12 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-search", default="16,32,64,128,256")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for embedding and index builds")
     parser.add_argument("--embed-only", action="store_true", help="only fill the vector cache")
+    parser.add_argument("--embedded", type=int, default=None, help="embed this many products; beyond them, sample "
+                        "from a Gaussian mixture fitted to their embeddings (default: embed every product)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    vectors = product_vectors(max(sizes), args.threads)
     if args.embed_only:
+        product_vectors(max(sizes), args.threads)
         return 0
+    real = product_vectors(args.embedded or max(sizes), args.threads)
+    vectors = real if len(real) >= max(sizes) else np.concatenate([real, sampled_vectors(real, max(sizes) - len(real))])
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
@@ -161,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [bench_size(vectors[:n], queries, args.ef_construction, [int(e) for e in args.ef_search.split(",")])
             for n in sizes]
     result = {"machine": machine(), "queries": len(queries), "served_ef_search": EF_SEARCH,
+              "embedded_products": len(real), "sampled_vectors": len(vectors) - len(real),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "runs": runs}
     save_result(args.out, "retrieval", result)
     plot(result, args.out / "retrieval.png")

@@ -13,6 +13,7 @@ fraction of the machine's FLOP bound, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -35,9 +36,11 @@ LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
 CATALOG_INTENTS = {"recommendation", "product_search", "product_question", "price_availability"}
 
 
-def served_max_length(model: str) -> int | None:
+def served_max_length(model: str) -> int:
+    """What the served config truncates to: its `max_length`, else the model card's (the baseline gets the same)."""
     args = yaml.safe_load(Path(CONFIG).read_text())["applications"][0]["args"]
-    return args.get(model, {}).get("max_length")
+    card = json.loads((resolve_model(model) / "model_card.json").read_text())
+    return args.get(model, {}).get("max_length") or card["max_length"]
 
 
 def intent_requests(n: int, seed: int) -> list[dict]:
@@ -58,7 +61,7 @@ def useful_flops(stage: str, payloads: list[dict]) -> tuple[float, dict]:
     """Mean FLOPs per request over real (unpadded, truncated as served) tokens, and the token histogram."""
     model = TextModel(resolve_model(stage), "onnx", "int8", threads=1)
     if stage == "reranker":
-        model.max_length = served_max_length("reranker") or model.max_length
+        model.max_length = served_max_length("reranker")
         lengths = [model.token_counts([p["query"]] * len(p["documents"]), p["documents"]) for p in payloads]
     else:
         lengths = [model.token_counts(p["texts"]) for p in payloads]
