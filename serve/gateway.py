@@ -54,6 +54,12 @@ COMMON_ERRORS = {401: _error("API keys are enabled and the request has no valid 
 ERRORS = {**COMMON_ERRORS, 400: _error("empty query, invalid JSON or UTF-8"),
           413: _error("a query, text, document, list or the body is over its limit"),
           422: _error("wrong types, unknown fields, an inapplicable filter, top_k over its limit")}
+CHAT_RESPONSES = {**ERRORS, 200: {"description": "the answer; with stream=true, Server-Sent Events (`token` "
+                                                 "events, then one `final` event with the answer's fields)",
+                                  "content": {"text/event-stream": {"schema": {
+                                      "type": "object", "required": ["event", "data"],
+                                      "properties": {"event": {"enum": ["token", "final"]},
+                                                     "data": {"type": "string", "description": "JSON"}}}}}}}
 DRIFT_ERRORS = {**COMMON_ERRORS, 404: _error("drift monitoring is disabled")}
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
@@ -76,8 +82,16 @@ app = FastAPI(
 )
 
 
-BODY_LIMIT = {"bytes": 256 * 1024}  # set from Limits by the replica's Gateway
-API_KEYS: dict[str, ApiKeys] = {}  # {"keys": ...} set from AuthSettings by the replica's Gateway
+BODY_LIMIT = {"bytes": 256 * 1024}  # set from Limits by the replica's Gateway (configure)
+API_KEYS: dict[str, ApiKeys | None] = {}  # {"keys": ...} set from AuthSettings by the replica's Gateway (configure)
+
+
+def configure(args: AppArgs) -> None:
+    """Set what the middleware reads. A module function on purpose: Serve ships the Gateway class by
+    value, its methods with copies of the globals they use, so a method setting BODY_LIMIT itself would
+    change a copy that the middleware (shipped by reference, reading this module) never sees."""
+    BODY_LIMIT["bytes"] = args.limits.max_body_bytes
+    API_KEYS["keys"] = ApiKeys(args.auth) if args.auth.enabled else None
 
 
 ROUTES = frozenset({"/v1/chat", "/v1/classify", "/v1/embed", "/v1/search", "/v1/rerank", "/v1/drift",
@@ -220,8 +234,7 @@ class Gateway:
         self.drift_flusher: asyncio.Task | None = None
         self.args = args
         self.limits = args.limits
-        BODY_LIMIT["bytes"] = args.limits.max_body_bytes
-        API_KEYS["keys"] = ApiKeys(args.auth) if args.auth.enabled else None
+        configure(args)
         install_log_redaction("ray.serve")
         self.fallback_generator = TemplateGenerator()
         self.embedder_name: str | None = None
@@ -426,7 +439,7 @@ class Gateway:
     def _public(sources: list[dict]) -> list[dict]:
         return [{"id": s["id"], "title": s["title"], "score": round(float(s["score"]), 4)} for s in sources]
 
-    @app.post("/v1/chat", response_model=ChatResponse, responses=ERRORS,
+    @app.post("/v1/chat", response_model=ChatResponse, responses=CHAT_RESPONSES,
               summary="Answer a shopper's message (JSON, or Server-Sent Events with stream=true)")
     @deadline
     async def chat(self, req: ChatRequest, request: Request):
