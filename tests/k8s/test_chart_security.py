@@ -120,6 +120,7 @@ def test_every_deployment_sheds_load_and_drains_on_shutdown(scenario):
         name = deployment["name"]
         assert deployment["max_queued_requests"] > 0 and deployment["max_ongoing_requests"] > 0, name
         assert deployment["graceful_shutdown_timeout_s"] >= 10, name
+        assert deployment["max_surge_percent"] > 0, name  # replacements start before old replicas stop
     gateway = next(d for d in app["deployments"] if d["name"] == "Gateway")
     assert gateway["backpressure_config"]["retry_after_s"] >= 1
     assert gateway["graceful_shutdown_timeout_s"] > deadline  # a request in flight can finish
