@@ -9,6 +9,7 @@ import json
 import re
 import struct
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -49,10 +50,17 @@ def titan_embedding(body: dict) -> dict:
 
 
 class BedrockStandIn:
-    """`mode`: "ok" answers; "throttle" answers 429 ThrottlingException to everything."""
+    """`mode`: "ok" answers; "throttle" answers 429 ThrottlingException to everything; "slow" answers
+    after `delay_s` (a client read timeout shorter than that is a Bedrock timeout). A ConverseStream
+    sends one frame every `drip_s` (0: all at once) and counts the streams it completed and those whose
+    client hung up before the end (`streams_completed`, `streams_aborted`)."""
 
     def __init__(self):
         self.mode = "ok"
+        self.delay_s = 0.0
+        self.drip_s = 0.0
+        self.words = 0  # > 0: the streamed answer is padded to this many words (a long generation)
+        self.streams_completed = self.streams_aborted = 0
         self.requests: list[tuple[str, dict]] = []
         standin = self
 
@@ -63,6 +71,8 @@ class BedrockStandIn:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 standin.requests.append((self.path, body))
+                if standin.mode == "slow":
+                    time.sleep(standin.delay_s)
                 if standin.mode == "throttle":
                     return self._send(429, b'{"message": "Too many requests"}', "application/json",
                                       {"x-amzn-ErrorType": "ThrottlingException"})
@@ -72,13 +82,41 @@ class BedrockStandIn:
                     return self._send(200, json.dumps(titan_embedding(body)).encode(), "application/json")
                 if self.path.endswith("/converse-stream"):
                     words = re.findall(r"\S+\s*", answer)
-                    return self._send(200, conversation(words), "application/vnd.amazon.eventstream")
+                    words += [f"more{i} " for i in range(max(0, standin.words - len(words)))]
+                    if not standin.drip_s:
+                        return self._send(200, conversation(words), "application/vnd.amazon.eventstream")
+                    return self._drip(conversation(words))
                 if self.path.endswith("/converse"):
                     out = {"output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
                            "stopReason": "end_turn", "usage": {"inputTokens": 120, "outputTokens": 9, "totalTokens": 129},
                            "metrics": {"latencyMs": 5}}
                     return self._send(200, json.dumps(out).encode(), "application/json")
                 return self._send(404, b'{"message": "unknown operation"}', "application/json")
+
+            def _drip(self, payload: bytes):
+                """The stream frame by frame, `drip_s` apart, one HTTP chunk each as Bedrock sends them (a
+                body without length would be read in 64 KB blocks: all at the end)."""
+                self.protocol_version = "HTTP/1.1"
+                self.send_response(200)
+                self.send_header("content-type", "application/vnd.amazon.eventstream")
+                self.send_header("transfer-encoding", "chunked")
+                self.send_header("connection", "close")
+                self.end_headers()
+                frames, rest = [], payload
+                while rest:
+                    size = struct.unpack(">I", rest[:4])[0]
+                    frames.append(rest[:size])
+                    rest = rest[size:]
+                try:
+                    for f in frames:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(f), f))
+                        self.wfile.flush()
+                        time.sleep(standin.drip_s)
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    standin.streams_aborted += 1
+                    return
+                standin.streams_completed += 1
 
             def _send(self, status, payload, content_type, headers=None):
                 self.send_response(status)
@@ -87,7 +125,10 @@ class BedrockStandIn:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up first (its read timeout)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

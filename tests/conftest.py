@@ -18,6 +18,8 @@ from ray.serve.schema import TracingConfig  # noqa: E402
 from monitoring.local_stack import free_port  # noqa: E402
 from serve.cli import CONFIG, app_args, deploy, load_config, start_ray, wait_ready  # noqa: E402
 
+SESSION: dict = {}  # the Serve config the session deployed (apply_config starts from it)
+
 
 @pytest.fixture(scope="session")
 def base_url():
@@ -43,6 +45,7 @@ def base_url():
     metrics_port = free_port()
     os.environ["MANGAASSIST_TEST_METRICS_PORT"] = str(metrics_port)
     start_ray(num_cpus=4, metrics_port=metrics_port)
+    SESSION["config"] = config
     try:
         url = deploy(config)
         wait_ready(url, 300)
@@ -81,6 +84,22 @@ def deploy_app(base_url):
             serve.delete(name)
 
     return deploy
+
+
+@pytest.fixture(scope="session")
+def apply_config(base_url):
+    """Apply a Serve config in place, as `serve deploy` and KubeRay do: the session's config with the
+    default application unchanged, plus `apps` (Serve config application dicts). Declarative apps of
+    an earlier call that are not given again are deleted; `serve.run` apps are left alone."""
+    from ray.serve.context import _get_global_client
+
+    def apply(apps: list[dict]) -> None:
+        config = SESSION["config"]
+        extra = type(config).model_validate({"applications": apps}).applications if apps else []
+        _get_global_client().deploy_apps(config.model_copy(update={"applications": config.applications + extra}),
+                                         _blocking=False)
+
+    return apply
 
 
 @pytest.fixture(scope="session")

@@ -203,6 +203,9 @@ class StandIn:
             disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
             def _serve(self) -> None:
+                if standin._stopping.is_set():  # stopped: a kept-alive connection is dropped unanswered, as by a crash
+                    self.close_connection = True
+                    return
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, payload = standin.handle(self.command, self.path, headers, body)
