@@ -33,7 +33,7 @@ class ModelSpec(Strict):
 
 class Batching(Strict):
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    batch_wait_timeout_s: float = Field(0.001, ge=0)
 
 
 class Limits(Strict):
@@ -90,7 +90,7 @@ class AppArgs(Strict):
 
     embedder: ModelSpec = ModelSpec(ref="embedder")
     intent: ModelSpec = ModelSpec(ref="intent")
-    reranker: ModelSpec = ModelSpec(ref="reranker")
+    reranker: ModelSpec = ModelSpec(ref="reranker", max_length=64)  # see serve/config/local.yaml
     index_dir: str | None = Field(None, description="FAISS indexes built by `mangaassist index` (default: under MANGAASSIST_HOME)")
     embedder_backend: Literal["local", "bedrock"] = Field("local", description="local MiniLM or Bedrock Titan V2")
     retriever_backend: Literal["faiss", "opensearch"] = Field("faiss", description="embedded FAISS HNSW or Amazon OpenSearch k-NN")
@@ -107,7 +107,7 @@ class AppArgs(Strict):
         folder = resolve_model(self.embedder.ref)
         return folder.name, int(json.loads((folder / "model_card.json").read_text())["dimensions"])
     low_confidence_threshold: float = Field(0.55, ge=0, le=1)
-    retrieve_k: int = Field(30, ge=1, le=200, description="candidates fetched for the reranker")
+    retrieve_k: int = Field(20, ge=1, le=200, description="candidates fetched for the reranker")
     rerank_token_budget: int = Field(8192, ge=128, description="max tokens per reranker batch")
     intent_batching: Batching = Batching()
     embedder_batching: Batching = Batching()

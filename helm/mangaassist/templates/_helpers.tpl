@@ -70,6 +70,7 @@ MANGAASSIST_HOME: /home/ray/mangaassist
 MANGAASSIST_MODEL_CACHE: /home/ray/model-cache
 DO_NOT_TRACK: "1"
 HF_HUB_OFFLINE: "1"
+RAY_SERVE_THROUGHPUT_OPTIMIZED: {{ ternary "1" "0" .Values.serve.throughputOptimized | quote }}
 {{- range $key, $value := .Values.env }}
 {{ $key }}: {{ $value | toString | quote }}
 {{- end }}
