@@ -85,6 +85,9 @@ P_VALUE_TESTS = frozenset({"ks", "chisquare", "z", "TVD", "fisher_exact", "g_tes
 # Some Evidently methods re-seed numpy's global RNG (np.random.seed in the embedding bootstraps
 # and the permutation tests); the lock and the saved/restored state keep that from leaking.
 _EVIDENTLY_LOCK = threading.Lock()
+# Evidently's first import in two threads at once (the monitor's computation and its HTML report)
+# fails with "partially initialized module": imports of it go one at a time.
+_IMPORT_LOCK = threading.Lock()
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -313,9 +316,10 @@ class DriftResult:
 def _evidently():
     """Import Evidently's drift internals once (slow import; telemetry off)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from evidently.legacy.calculations.stattests import StatTest, get_stattest
-    from evidently.legacy.core import ColumnType
-    from evidently.legacy.metrics.data_drift import embedding_drift_methods
+    with _IMPORT_LOCK:
+        from evidently.legacy.calculations.stattests import StatTest, get_stattest
+        from evidently.legacy.core import ColumnType
+        from evidently.legacy.metrics.data_drift import embedding_drift_methods
 
     return StatTest, get_stattest, ColumnType, embedding_drift_methods
 
@@ -460,8 +464,9 @@ def html_report(reference: Reference, current_frame: pd.DataFrame,
     Embeddings are left out (no t-SNE). Columns that are empty in either sample are left out too
     (Evidently refuses them); if none is left, a minimal HTML page says so."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    with _IMPORT_LOCK:
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.presets import DataDriftPreset
 
     current = _clean_frame(current_frame)
     columns = [c for c in TABULAR_FEATURES if reference.frame[c].notna().any() and current[c].notna().any()]

@@ -42,7 +42,10 @@ REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 
 def _error(description: str, retry_after: bool = False) -> dict:
     headers = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
-    return {"model": ErrorResponse, "description": description, **({"headers": headers} if retry_after else {})}
+    # the media type said explicitly: a route whose answer is HTML still errs in JSON
+    return {"model": ErrorResponse, "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            **({"headers": headers} if retry_after else {})}
 
 
 # what any route may answer besides its own errors: API keys (when enabled), the request deadline, overload
