@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run build test test-unit clean-venv prometheus monitor helm bench
+.PHONY: run build test test-unit clean-venv prometheus monitor helm bench soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench: build
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.coldstart
 	$(BIN)/python -m benchmarks.summary
+
+## 10 minutes at 70% of the measured capacity: zero errors, replica memory growth under 10% (not in `make test`)
+soak: $(STAMP)
+	MANGAASSIST_SOAK=1 $(BIN)/python -m pytest -q -s tests/soak
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -103,7 +103,7 @@ ROUTES = frozenset({"/v1/chat", "/v1/classify", "/v1/embed", "/v1/search", "/v1/
 
 class BodyTooLarge(StarletteHTTPException):
     def __init__(self, size: int):
-        super().__init__(413, f"request body is over {size} bytes; the limit is {BODY_LIMIT['bytes']}")
+        super().__init__(413, f"request body is over {size} bytes so far; the limit is {BODY_LIMIT['bytes']}")
 
 
 class BodyLimit:
@@ -138,8 +138,9 @@ async def _body_limit_and_metrics(request: Request, call_next):
     started = time.perf_counter()
     length = request.headers.get("content-length")
     keys = API_KEYS.get("keys")
+    path = _relative_path(request)
     try:
-        if keys is not None and _relative_path(request) not in OPEN_PATHS:
+        if keys is not None and path not in OPEN_PATHS:
             keys.check(request.headers)  # before reading the body: an anonymous client costs nothing
         if length and length.isdigit() and int(length) > BODY_LIMIT["bytes"]:
             response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {BODY_LIMIT['bytes']}")
@@ -147,7 +148,7 @@ async def _body_limit_and_metrics(request: Request, call_next):
             response = await call_next(request)
     except AuthError as exc:
         response = error_response(exc.status, exc.type, exc.message, exc.retry_after)
-    route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
+    route = path if path in ROUTES else "other"  # bounded label values
     tags = {"route": route, "intent": getattr(request.state, "intent", "none"), "status": str(response.status_code)}
     metric("mangaassist_requests").inc(tags=tags)
     metric("mangaassist_request_latency_seconds").observe(time.perf_counter() - started, tags={"route": route})
@@ -156,9 +157,9 @@ async def _body_limit_and_metrics(request: Request, call_next):
 
 def _relative_path(request: Request) -> str:
     """The path inside this app (an app may be served under a route prefix)."""
-    root = request.scope.get("root_path", "")
+    root = request.scope.get("root_path", "").rstrip("/")
     path = request.url.path
-    return path[len(root):] or "/" if root and path.startswith(root) else path
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 def deadline(handler):

@@ -179,6 +179,9 @@ class Generator:
     usage, so the gateway can say what degraded and count what it cost."""
 
     def __init__(self, backend: str = "template", bedrock: dict | None = None):
+        from .security import install_log_redaction
+
+        install_log_redaction("ray.serve")  # Bedrock's errors are logged here
         self.template = TemplateGenerator()
         self.claude = None
         if backend == "bedrock":
