@@ -35,8 +35,6 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                    ("intent",), None),
     "mangaassist_degraded": ("counter", "Answers that degraded, by reason (reranker_timeout, bedrock_throttled, ...).",
                              ("reason",), None),
-    "mangaassist_cancelled": ("counter", "Work stopped because its request was cancelled (client gone, deadline), "
-                              "by stage.", ("stage",), None),
     "mangaassist_retrieval_top_score": ("histogram", "Score of the best retrieved document.", ("index",), SCORE_BUCKETS),
     "mangaassist_rerank_top_score": ("histogram", "Relevance of the best reranked document.", ("index",), UNIT_BUCKETS),
     "mangaassist_bedrock_tokens": ("counter", "Bedrock tokens, by direction (input, output) and model.",

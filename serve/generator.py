@@ -218,11 +218,6 @@ class Generator:
         try:
             while (item := await asyncio.wrap_future(pull.submit(next, items, None))) is not None:
                 yield item
-        except asyncio.CancelledError:
-            from monitoring.metrics import metric
-
-            metric("mangaassist_cancelled").inc(tags={"stage": "generate"})
-            raise
         finally:
             pull.submit(items.close)  # GeneratorExit in Claude's stream closes the HTTP response
             pull.shutdown(wait=False)

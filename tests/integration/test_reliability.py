@@ -62,7 +62,10 @@ class Rel:
         """Apply config `variant` in place (nothing happens when it is the current one)."""
         if variant != self.current:
             self.apply([{"name": APP, "route_prefix": f"/{APP}", "import_path": "serve.app:build_app",
-                         "args": self.args(variant), "deployments": DEPLOYMENTS}])
+                         "args": self.args(variant), "deployments": DEPLOYMENTS,
+                         # replica logs unbuffered (Serve's throughput mode buffers 1,000 records): the
+                         # log test reads them at once
+                         "runtime_env": {"env_vars": {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}}}])
             self.current = variant
         if wait:
             self.wait_running(variant)

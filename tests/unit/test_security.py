@@ -117,6 +117,7 @@ def test_the_filter_redacts_messages_arguments_and_tracebacks():
     logger = logging.getLogger("test_security.redaction")
     logger.addHandler(handler)
     logger.propagate = False
+    logger.setLevel(logging.INFO)  # whatever an earlier test did to the root level
     try:
         install_log_redaction("test_security.redaction")
         install_log_redaction("test_security.redaction")  # idempotent
