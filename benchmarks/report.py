@@ -49,7 +49,7 @@ def save_result(out: Path, name: str, result: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     stamped = {"benchmark": name, "command": command(), "commit": git_commit(),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_end": os.getloadavg(), **result}
     path.write_text(json.dumps(stamped, indent=2) + "\n")
     print(f"wrote {path}")
     return path

@@ -22,10 +22,13 @@ from .report import machine, save_result
 from .servers import ours
 from .stages import intent_requests
 
-UNTUNED = {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}}  # Ray Serve as it comes
+UNTUNED = {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},  # the settings before tuning (a97bdb1 and earlier)
+           "args": {"retrieve_k": 30, "reranker": {"threads": None, "max_length": None},
+                    **{b: {"batch_wait_timeout_s": 0.005} for b in ("intent_batching", "embedder_batching", "reranker_batching")}}}
 TOP20 = {"retrieve_k": 20, "reranker": {"threads": 2}}
 CONFIGS: dict[str, dict] = {
     "untuned": UNTUNED,
+    "defaults": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}},  # serve/config/local.yaml as it is
     "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
     "top20_2_threads": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "args": TOP20},
     "top20_len96": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},

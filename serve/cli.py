@@ -94,9 +94,9 @@ def start_ray(num_cpus: int | None = None, metrics_port: int = 8080) -> None:
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # Ray Serve's throughput mode (gRPC between replicas, user code on the replica's event loop, direct
-    # ingress): each handle hop 2-3x cheaper here (benchmarks/README.md); replicas inherit it from Ray
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # Ray Serve's throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in the environment: gRPC between
+    # replicas, direct ingress) makes each handle hop 2-3x cheaper, but with it Ray 2.60 never exports
+    # the Generator's Bedrock breaker gauge (the system test catches it): opt-in until that is solved
     stale = Path("/tmp/ray/ray_current_cluster")
     options = dict(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
                    _node_ip_address="127.0.0.1", _metrics_export_port=metrics_port,

@@ -314,9 +314,21 @@ class Gateway:
 
     # --- the chat pipeline --------------------------------------------------------------------
 
-    async def _stage(self, timer: Timer, stage: str, name: str, response, timeout: float):
+    async def _stage(self, timer: Timer, stage: str, name: str, call, timeout: float):
+        """A timed, traced stage; `call` makes the handle call inside the stage's span (so the
+        deployment's own spans hang below it)."""
         async with timer.stage(stage):
-            return await self._call(name, response, timeout)
+            return await self._call(name, call(), timeout)
+
+    @staticmethod
+    async def _drop(timer: Timer, early: dict[str, asyncio.Task], names) -> None:
+        """Cancel early stages the answer does not use (down the graph) and forget their timings."""
+        tasks = [early.pop(n) for n in list(names) if n in early]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for n in names:
+            timer.stages.pop(n, None)
 
     async def _retrieve(self, query: str, intent: str, index: str, top_k: int, filters: dict, timer: Timer,
                         early: dict[str, asyncio.Task]):
@@ -326,7 +338,7 @@ class Gateway:
         context: dict = {"volume": volume_number(query), "order_number": order_number(query)}
         search_text, exclude, named, reference = query, [], [], None
         if index == "catalog":
-            named = await early["lookup"]
+            named = await early.pop("lookup")
             if intent == "recommendation" and named and asks_for_similar(query):
                 reference = named[0]
                 context["reference"] = reference["title"]
@@ -334,9 +346,10 @@ class Gateway:
                 search_text = f"{query} {profile(meta['demographic'], meta['genres'])}"
                 exclude, named = [d["id"] for d in named], []
         if search_text == query:
-            vectors = await early["embed"]
+            vectors = await early.pop("embed")
         else:  # "like X": search with X's profile
-            vectors = await self._stage(timer, "embed", "embed", self.embedder.embed.remote([search_text]), t.embed)
+            await self._drop(timer, early, ["embed"])
+            vectors = await self._stage(timer, "embed", "embed", lambda: self.embedder.embed.remote([search_text]), t.embed)
         async with timer.stage("search"):
             hits = await self._call("search", self.retriever.search.remote(vectors[0], index, self.args.retrieve_k,
                                                                            filters, exclude), t.search)
@@ -374,10 +387,10 @@ class Gateway:
         t = self.args.timeouts
         # The query's embedding and title lookup do not depend on its intent: start them beside the
         # classifier (one round trip instead of three; chitchat, 1 in 8, wastes one small embedding).
-        early = {"embed": asyncio.ensure_future(self._stage(timer, "embed", "embed", self.embedder.embed.remote([query]), t.embed)),
-                 "lookup": asyncio.ensure_future(self._stage(timer, "lookup", "search", self.retriever.named_series.remote(query), t.search))}
+        early = {"embed": asyncio.ensure_future(self._stage(timer, "embed", "embed", lambda: self.embedder.embed.remote([query]), t.embed)),
+                 "lookup": asyncio.ensure_future(self._stage(timer, "lookup", "search", lambda: self.retriever.named_series.remote(query), t.search))}
         try:
-            prediction = (await self._stage(timer, "intent", "intent", self.classifier.classify.remote([query]), t.intent))[0]
+            prediction = (await self._stage(timer, "intent", "intent", lambda: self.classifier.classify.remote([query]), t.intent))[0]
             label, confidence = prediction["label"], prediction["confidence"]
             low = confidence < self.args.low_confidence_threshold
             index = index_for(label)
@@ -386,10 +399,8 @@ class Gateway:
             if index:
                 sources, degraded, context, signals = await self._retrieve(query, label, index, req.top_k, filters,
                                                                            timer, early)
-        finally:
-            for task in early.values():  # not needed (chitchat, policy) or abandoned on an error: cancel down the graph
-                task.cancel()
-            await asyncio.gather(*early.values(), return_exceptions=True)
+        finally:  # what the answer did not use (chitchat, policy, an error): cancelled, and not in the timings
+            await self._drop(timer, early, list(early))
         context["low_confidence"] = low
         intent = {"label": label, "confidence": round(confidence, 4), "low_confidence": low}
         reranked = bool(sources) and not {"reranker_timeout", "reranker_unavailable"} & set(degraded)

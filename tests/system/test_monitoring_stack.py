@@ -69,7 +69,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
     return out
 
 
-def send_traffic(client, deploy_app):
+def send_traffic(client, deploy_app, stack):
     for ex in load_intents("test")[:48]:
         assert client.post("/v1/chat", json={"query": ex.text}).status_code == 200
     unsure = [client.post("/v1/chat", json={"query": q}).json()["intent"]["low_confidence"]
@@ -94,10 +94,14 @@ def send_traffic(client, deploy_app):
             for query in ("hello", "good morning", "thank you", "bye"):
                 assert bedrock.post("/v1/chat", json={"query": query}).json()["degraded"]
             standin.mode = "ok"
+            # the Bedrock app's gauges live as long as it does: keep it until Prometheus has scraped them
+            deadline = time.monotonic() + 90
+            while not stack.query("ray_mangaassist_bedrock_breaker_state") and time.monotonic() < deadline:
+                time.sleep(2)
 
 
 def test_every_dashboard_query_returns_data(client, deploy_app, stack):
-    send_traffic(client, deploy_app)
+    send_traffic(client, deploy_app, stack)
     queries = panel_queries()
     assert len(queries) >= 30
     deadline, empty = time.monotonic() + 120, queries
