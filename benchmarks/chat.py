@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .loadgen import closed_loop, free_port
+from monitoring.local_stack import free_port
+
+from .loadgen import closed_loop
 from .report import machine, save_result
 from .servers import ours
 

@@ -22,7 +22,8 @@ import yaml
 
 from serve.cli import CONFIG
 
-from .loadgen import free_port
+from monitoring.local_stack import free_port
+
 from .report import machine, save_result
 
 ROOT = Path(__file__).resolve().parent.parent

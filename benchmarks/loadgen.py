@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
+from monitoring.local_stack import free_port
+
 
 @dataclass
 class Run:
@@ -116,12 +118,6 @@ app = web.Application()
 app.router.add_post("/noop", ok)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:

@@ -34,8 +34,9 @@ def machine() -> dict:
 
 
 def command() -> str:
-    return "python -m " + Path(sys.argv[0]).with_suffix("").as_posix().replace("/", ".").split("main.")[-1] \
-        + "".join(" " + shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith(".py") else shlex.join(sys.argv)
+    """How this run was started: `python -m benchmarks.x ...` as typed."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return shlex.join(["python", "-m", spec.name, *sys.argv[1:]] if spec else sys.argv)
 
 
 def git_commit() -> str | None:

@@ -12,7 +12,6 @@ latency over an efSearch sweep.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import time
@@ -27,22 +26,22 @@ from models.paths import home
 from models.runtime import TextModel
 from serve.index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M
 from serve.loading import resolve_model
+from serve.routing import index_for
 
 from .report import machine, save_result
 
 CHUNK = 50_000
-CATALOG_INTENTS = {"recommendation", "product_search", "product_question", "price_availability"}
 
 
-def cache_dir() -> Path:
-    path = home() / "bench" / f"product-vectors-{resolve_model('embedder').name}"
+def cache_dir(embedder: Path) -> Path:
+    path = home() / "bench" / f"product-vectors-{embedder.name}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def cached_vectors(count: int) -> np.ndarray:
+def cached_vectors(cache: Path, count: int) -> np.ndarray:
     """The embedded products already in the cache, at most `count` (float32, normalized)."""
-    chunks = sorted(p for p in cache_dir().glob("[0-9][0-9][0-9][0-9].npy"))
+    chunks = sorted(p for p in cache.glob("[0-9][0-9][0-9][0-9].npy"))
     chunks = [p for i, p in enumerate(chunks) if p.name == f"{i:04d}.npy"]  # a contiguous prefix only
     if not chunks:
         return np.empty((0, 384), dtype=np.float32)
@@ -64,10 +63,9 @@ def sampled_vectors(real: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def product_vectors(count: int, threads: int) -> np.ndarray:
+def product_vectors(folder: Path, count: int, threads: int) -> np.ndarray:
     """The first `count` products' embeddings (float32, normalized), computed once per embedder version."""
-    folder = resolve_model("embedder")
-    cache = cache_dir()
+    cache = cache_dir(folder)
     n_chunks = -(-count // CHUNK)
     missing = [c for c in range(n_chunks) if not (cache / f"{c:04d}.npy").exists()]
     if missing:
@@ -90,13 +88,13 @@ def product_vectors(count: int, threads: int) -> np.ndarray:
             np.save(tmp, out.astype(np.float16))  # half the disk; recall is measured on these same vectors
             tmp.rename(cache / f"{c:04d}.npy")
         bar.close()
-    return cached_vectors(count)
+    return cached_vectors(cache, count)
 
 
-def query_vectors(n: int, threads: int) -> np.ndarray:
+def query_vectors(folder: Path, n: int, threads: int) -> np.ndarray:
     texts = [ex.text for split in ("test", "validation", "train") for ex in load_intents(split)
-             if ex.label in CATALOG_INTENTS][:n]
-    return TextModel(resolve_model("embedder"), "onnx", "int8", threads=threads).embed(texts)
+             if index_for(ex.label) == "catalog"][:n]
+    return TextModel(folder, "onnx", "int8", threads=threads).embed(texts)
 
 
 def rss_mb() -> float:
@@ -104,7 +102,8 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def bench_size(vectors: np.ndarray, queries: np.ndarray, ef_construction: int, ef_searches: list[int]) -> dict:
+def bench_size(vectors: np.ndarray, queries: np.ndarray, ef_construction: int, ef_searches: list[int],
+               cache: Path) -> dict:
     import faiss
 
     n, d = vectors.shape
@@ -113,7 +112,7 @@ def bench_size(vectors: np.ndarray, queries: np.ndarray, ef_construction: int, e
     truth_scores, truth = exact.search(queries, 10)
     del exact
     before = rss_mb()
-    cached = cache_dir() / f"hnsw-{n}-m{HNSW_M}-efc{ef_construction}.faiss"
+    cached = cache / f"hnsw-{n}-m{HNSW_M}-efc{ef_construction}.faiss"
     t0 = time.perf_counter()
     if cached.exists():  # built by an earlier run on the same vectors: its build time is in that run's result
         index, build_s = faiss.read_index(str(cached)), None
@@ -191,17 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    embedder = resolve_model("embedder")  # verified once: every checksum is a full read
     if args.embed_only:
-        product_vectors(max(sizes), args.threads)
+        product_vectors(embedder, max(sizes), args.threads)
         return 0
-    real = product_vectors(args.embedded or max(sizes), args.threads)
+    real = product_vectors(embedder, args.embedded or max(sizes), args.threads)
     vectors = real if len(real) >= max(sizes) else np.concatenate([real, sampled_vectors(real, max(sizes) - len(real))])
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    queries = query_vectors(args.queries, args.threads)
-    runs = [bench_size(vectors[:n], queries, args.ef_construction, [int(e) for e in args.ef_search.split(",")])
-            for n in sizes]
+    queries = query_vectors(embedder, args.queries, args.threads)
+    runs = [bench_size(vectors[:n], queries, args.ef_construction, [int(e) for e in args.ef_search.split(",")],
+                       cache_dir(embedder)) for n in sizes]
     result = {"machine": machine(), "queries": len(queries), "served_ef_search": EF_SEARCH,
               "embedded_products": len(real), "sampled_vectors": len(vectors) - len(real),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "runs": runs}

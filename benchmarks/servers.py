@@ -12,7 +12,9 @@ from pathlib import Path
 
 from serve.cli import CONFIG
 
-from .loadgen import free_port, wait_port
+from monitoring.local_stack import free_port
+
+from .loadgen import wait_port
 
 
 def merge(base: dict, override: dict) -> dict:

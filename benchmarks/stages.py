@@ -25,6 +25,7 @@ from models.runtime import TextModel
 from serve.cli import CONFIG
 from serve.index import corpus
 from serve.loading import resolve_model
+from serve.routing import index_for
 
 from .flops import forward_flops, matmul_peak
 from .loadgen import calibrate, closed_loop, open_loop
@@ -33,7 +34,6 @@ from .servers import baseline, ours
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
-CATALOG_INTENTS = {"recommendation", "product_search", "product_question", "price_availability"}
 
 
 def served_max_length(model: str) -> int:
@@ -52,7 +52,7 @@ def intent_requests(n: int, seed: int) -> list[dict]:
 def rerank_requests(n: int, seed: int) -> list[dict]:
     """A shopper's question with 20-50 candidates drawn from the real catalog and policy documents."""
     rng = random.Random(seed)
-    queries = [ex.text for ex in load_intents("test") if ex.label in CATALOG_INTENTS or ex.label == "shipping"]
+    queries = [ex.text for ex in load_intents("test") if index_for(ex.label) == "catalog" or ex.label == "shipping"]
     docs = [d.text for d in corpus("catalog")] + [d.text for d in corpus("policy")]
     return [{"query": rng.choice(queries), "documents": rng.sample(docs, rng.randint(20, 50))} for _ in range(n)]
 

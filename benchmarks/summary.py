@@ -77,7 +77,7 @@ def retrieval(r: dict) -> list[str]:
 
 def coldstart(r: dict) -> list[str]:
     out = ["## Cold start", "", *_header(r)]
-    out += [f"- restart to first answer (models and indexes built): " +
+    out += ["- restart to first answer (models and indexes built): " +
             ", ".join(f"{x['first_answer_s']} s" for x in r["restart"])]
     if "fresh_clone" in r:
         f = r["fresh_clone"]
