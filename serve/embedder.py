@@ -19,10 +19,12 @@ class Embedder:
     def __init__(self, spec: ModelSpec, batching: Batching, backend: str = "local", bedrock=None):
         if backend == "bedrock":
             from .backends.bedrock import TitanEmbedder
+            from .generator import bedrock_health
 
             self.model = TitanEmbedder(bedrock)
             self.info = {"model": "bedrock", "version": bedrock.embed_model_id, "runtime": "bedrock",
                          "dimensions": self.model.dimensions}
+            bedrock_health("invoke_model", self.model.breaker)  # closed from the start (see Generator)
         else:
             self.model, self.info = load_model(spec)
             self.info["dimensions"] = int(self.model.card["dimensions"])

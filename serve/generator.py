@@ -188,6 +188,10 @@ class Generator:
             from .backends.bedrock import BedrockSettings, ClaudeGenerator
 
             self.claude = ClaudeGenerator(BedrockSettings.model_validate(bedrock or {}))
+            # the breaker's state from the start (closed), not only after the first Bedrock call: a replica
+            # that has not called Claude yet shows on the dashboard, and its alert has a series to watch
+            for operation in ("converse", "converse_stream"):
+                bedrock_health(operation, self.claude.breaker)
         self.backend = backend
 
     def generate(self, intent: str, query: str, sources: list[dict], context: dict) -> dict:
