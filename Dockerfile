@@ -26,5 +26,7 @@ RUN pip install --no-cache-dir /tmp/src \
 ENV MANGAASSIST_HOME=/home/ray/mangaassist \
     MANGAASSIST_MODEL_CACHE=/home/ray/model-cache \
     HF_HUB_OFFLINE=1 \
-    DO_NOT_TRACK=1
+    DO_NOT_TRACK=1 \
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+    RAY_SERVE_ENABLE_DIRECT_INGRESS=0
 WORKDIR /home/ray

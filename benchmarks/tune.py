@@ -28,7 +28,8 @@ UNTUNED = {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},  # the settings befor
 TOP20 = {"retrieve_k": 20, "reranker": {"threads": 2}}
 CONFIGS: dict[str, dict] = {
     "untuned": UNTUNED,
-    "defaults": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}},  # serve/config/local.yaml as it is
+    # serve/config/local.yaml without throughput mode (the defaults while it was opt-in; start_ray turns it on)
+    "defaults": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}},
     "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
     "top20_2_threads": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "args": TOP20},
     "top20_len96": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},

@@ -94,9 +94,14 @@ def start_ray(num_cpus: int | None = None, metrics_port: int = 8080) -> None:
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # Ray Serve's throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in the environment: gRPC between
-    # replicas, direct ingress) makes each handle hop 2-3x cheaper, but with it Ray 2.60 never exports
-    # the Generator's Bedrock breaker gauge (the system test catches it): opt-in until that is solved
+    # Ray Serve's throughput mode (gRPC between replicas, user code on the replica's event loop): each
+    # handle hop 2-3x cheaper here (benchmarks/README.md). Replicas inherit it from Ray;
+    # RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the environment turns it off.
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # ... but not its direct ingress: a port of its own on every Gateway replica for an external load
+    # balancer, which makes Serve's proxy head-node only and holds a stopping Gateway open 30 s for that
+    # balancer to deregister it. Our clients come through Serve's proxy; the hops are as cheap without it.
+    os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
     stale = Path("/tmp/ray/ray_current_cluster")
     options = dict(address="local", namespace="serve", include_dashboard=False, num_cpus=num_cpus,
                    _node_ip_address="127.0.0.1", _metrics_export_port=metrics_port,

@@ -225,6 +225,19 @@ def test_opensearch_credentials_come_from_an_existing_secret_only():
         assert "Secret" not in {o["kind"] for o in rendered(scenario)}  # never inline, whatever the values
 
 
+def test_serve_throughput_mode_without_direct_ingress_by_default():
+    """Serve's throughput mode (cheaper hops) without its direct ingress, which would leave Serve's HTTP proxy on
+    the head pod only; both can be set from values."""
+    def env(*sets):
+        objects = rendered("cpu-only", sets)
+        return next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mangaassist-env")["data"]
+
+    default = env()
+    assert (default["RAY_SERVE_THROUGHPUT_OPTIMIZED"], default["RAY_SERVE_ENABLE_DIRECT_INGRESS"]) == ("1", "0")
+    assert env("serve.throughputOptimized=false")["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+    assert env("env.RAY_SERVE_ENABLE_DIRECT_INGRESS=1")["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"  # once, from env
+
+
 def test_env_changes_roll_the_pods_and_serve_changes_do_not():
     def checksum(objects):
         return {p["metadata"]["annotations"]["checksum/env"] for p in ray_pod_templates(objects).values()}

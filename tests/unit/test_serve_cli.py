@@ -41,3 +41,16 @@ def test_serve_drains_serve_then_stops_ray_on_a_signal(monkeypatch, sig):
         for s, handler in previous.items():
             signal.signal(s, handler)
     assert calls == ["ray.init", "serve.shutdown", "ray.shutdown"]
+
+
+def test_start_ray_defaults_to_serve_throughput_mode_without_direct_ingress(monkeypatch):
+    import ray
+
+    for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ray, "init", lambda **options: None)
+    cli.start_ray(metrics_port=0)
+    assert (os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"], os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"]) == ("1", "0")
+    monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")  # the environment's choice wins
+    cli.start_ray(metrics_port=0)
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"

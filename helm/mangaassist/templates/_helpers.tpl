@@ -71,6 +71,9 @@ MANGAASSIST_MODEL_CACHE: /home/ray/model-cache
 DO_NOT_TRACK: "1"
 HF_HUB_OFFLINE: "1"
 RAY_SERVE_THROUGHPUT_OPTIMIZED: {{ ternary "1" "0" .Values.serve.throughputOptimized | quote }}
+{{- if not (hasKey .Values.env "RAY_SERVE_ENABLE_DIRECT_INGRESS") }}
+RAY_SERVE_ENABLE_DIRECT_INGRESS: "0"
+{{- end }}
 {{- range $key, $value := .Values.env }}
 {{ $key }}: {{ $value | toString | quote }}
 {{- end }}
