@@ -193,3 +193,29 @@ def test_a_model_version_is_named_without_downloading_or_hashing(tmp_path, monke
 
     monkeypatch.setattr("serve.loading.Registry", lambda: Registry(tmp_path))
     assert model_version("intent") == model_version("intent:v-def456") == "v-def456"
+
+
+def test_reranker_batch_is_what_tokenizing_every_pair_at_once_gives():
+    """Each request is tokenized once (its token count and its features); a batch right-pads them to the
+    longest pair: the same arrays as the tokenizer over every pair of the batch."""
+    from models.modeling import load_tokenizer
+    from serve.reranker import RerankItem, stack_features, total_tokens
+
+    tokenizer = load_tokenizer()
+
+    def features(queries, docs):
+        enc = tokenizer(queries, docs, padding=True, truncation=True, max_length=64, return_tensors="np")
+        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    requests = [("berserk", ["Berserk by Kentaro Miura, dark fantasy " * 20, "Yotsuba&!"]),
+                ("do you ship to canada", ["We ship to Canada in 5-7 business days."])]
+    items = []
+    for query, docs in requests:
+        f = features([query] * len(docs), docs)
+        items.append(RerankItem(f, int(f["attention_mask"].sum())))
+    batch = stack_features(items, tokenizer.pad_token_id)
+    joint = features([q for q, docs in requests for _ in docs], [d for _, docs in requests for d in docs])
+    assert batch.keys() == joint.keys()
+    for name in joint:
+        np.testing.assert_array_equal(batch[name], joint[name])
+    assert total_tokens(items) == int(joint["attention_mask"].sum())
