@@ -19,14 +19,15 @@ import numpy as np
 
 from . import INTENT_LABELS
 from .datasets import load_catalog, load_intents
-from .export import GATES, SELECTION_MARGIN, GateError, check_gate, enforce, export_onnx, quantize
 from .evaluate import intent_report, rerank_eval_set, reranker_queries
+from .export import GATES, SELECTION_MARGIN, GateError, check_gate, enforce, export_onnx, quantize
+from .lexical import LexicalModel, blend, fit_weight
 from .metrics import expected_calibration_error, fit_temperature, plot_confusion, plot_reliability
 from .pairs import training_groups
 from .paths import DATA_DIR, backbone_dir
 from .registry import Registry, RegistryError, version_for
 from .runtime import OrtBackend, TextModel, softmax
-from .train import IntentConfig, RerankerConfig, torch_logits, train_intent, train_reranker
+from .train import IntentConfig, RerankerConfig, intent_training_rows, torch_logits, train_intent, train_reranker
 
 MODELS = ("embedder", "intent", "reranker")
 BARS = {  # issue #2 quality bars, reported with every version
@@ -56,7 +57,7 @@ def data_files(name: str, data_dir: Path) -> list[Path]:
 
 # the modules that determine a model's weights and gates; tools beside them (cli, graph evaluation,
 # experiment tracking) may change without retraining anything
-PIPELINE_MODULES = ("build", "datasets", "evaluate", "export", "metrics", "modeling", "pairs", "paths",
+PIPELINE_MODULES = ("build", "datasets", "evaluate", "export", "lexical", "metrics", "modeling", "pairs", "paths",
                     "registry", "runtime", "splits", "train")
 
 
@@ -135,11 +136,20 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
     val_y = [label_id[r["label"]] for r in split["validation"]]
     test_y = [label_id[r["label"]] for r in split["test"]]
     test_texts = [r["text"] for r in split["test"]]
-    val_logits = torch_logits(model, tokenizer, [r["text"] for r in split["validation"]], max_length=cfg.max_length)
+    val_texts = [r["text"] for r in split["validation"]]
+    val_logits = torch_logits(model, tokenizer, val_texts, max_length=cfg.max_length)
     test_logits = torch_logits(model, tokenizer, test_texts, max_length=cfg.max_length)
-    temperature = fit_temperature(val_logits, val_y)
-    raw, scaled = softmax(test_logits), softmax(test_logits / temperature)
-    report = intent_report(test_logits, [r["label"] for r in split["test"]], temperature)
+    alone = intent_report(test_logits, [r["label"] for r in split["test"]], fit_temperature(val_logits, val_y))
+    # the character n-gram model and its blend weight, fitted on train and validation only
+    rows = intent_training_rows(cfg, split["train"])
+    lexical = LexicalModel.fit([r["text"] for r in rows], [label_id[r["label"]] for r in rows])
+    lexical.save(staged / "lexical")
+    val_lex, test_lex = lexical.log_proba(val_texts), lexical.log_proba(test_texts)
+    weight = fit_weight(val_logits, val_lex, val_y) if cfg.lexical_blend else 1.0
+    val_scores, test_scores = blend(val_logits, val_lex, weight), blend(test_logits, test_lex, weight)
+    temperature = fit_temperature(val_scores, val_y)
+    raw, scaled = softmax(test_scores), softmax(test_scores / temperature)
+    report = intent_report(test_scores, [r["label"] for r in split["test"]], temperature)
     reports = staged / "reports"
     reports.mkdir()
     plot_confusion(report["confusion_matrix"], INTENT_LABELS, reports / "confusion_matrix.png",
@@ -148,9 +158,10 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
                      reports / "reliability.png")
 
     _save_hf(model, tokenizer, staged)
-    _model_card(staged, "classifier", cfg.max_length, labels=list(INTENT_LABELS), temperature=temperature)
+    _model_card(staged, "classifier", cfg.max_length, labels=list(INTENT_LABELS), temperature=temperature,
+                lexical_weight=weight)
     export = export_onnx(model, tokenizer, "classifier", staged)
-    val_feats = TextModel(staged, "onnx", "fp32").features([r["text"] for r in split["validation"]])
+    val_feats = TextModel(staged, "onnx", "fp32").features(val_texts)
 
     def accept(int8_path):
         agreement = (OrtBackend(int8_path)(val_feats).argmax(1) == val_logits.argmax(1)).mean()
@@ -159,7 +170,7 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
     quantized = quantize(staged, accept)
     fp32 = TextModel(staged, "onnx", "fp32").logits(test_texts)
     int8 = TextModel(staged, "onnx", "int8").logits(test_texts)
-    int8_pred = int8.argmax(1)
+    int8_pred = int8.argmax(1)  # the gate compares the transformer alone: the blend can only hide a difference
     gates = {
         "onnx_fp32_max_abs_diff": check_gate(float(np.abs(fp32 - test_logits).max()), GATES["fp32_max_abs_diff"], False),
         "onnx_int8_top_label_agreement": check_gate(float((int8_pred == test_logits.argmax(1)).mean()), GATES["intent_int8_agreement"], True),
@@ -169,7 +180,10 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
         "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
         "test_ece_uncalibrated": expected_calibration_error(raw, test_y),
         "test_ece_scaled": report["ece"],
-        "temperature": temperature, "int8_test_accuracy": float((int8_pred == np.asarray(test_y)).mean()),
+        "temperature": temperature, "lexical_weight": weight,
+        "int8_test_accuracy": float((blend(int8, test_lex, weight).argmax(1) == np.asarray(test_y)).mean()),
+        "transformer_alone": {k: alone[k] for k in ("accuracy", "macro_f1", "ece")},
+        "lexical_alone": {"accuracy": float((test_lex.argmax(1) == np.asarray(test_y)).mean())},
         "per_class": report["per_class"], "confusion_matrix": report["confusion_matrix"],
         "history": history, "train_seconds": round(train_s, 1),
         "split_sizes": {s: len(rows) for s, rows in split.items()},

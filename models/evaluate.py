@@ -93,7 +93,7 @@ def evaluate(model: str, runtime: str = "onnx", precision: str = "int8", registr
     result = {"model": model, "version": registry.current(model), "runtime": runtime, "precision": tm.precision}
     if model == "intent":
         rows = load_intents("test")
-        report = intent_report(tm.logits([r.text for r in rows]), [r.label for r in rows], tm.temperature)
+        report = intent_report(tm.class_scores([r.text for r in rows]), [r.label for r in rows], tm.temperature)
         result.update({k: report[k] for k in ("accuracy", "macro_f1", "ece", "per_class")})
     else:
         docs, _, eval_q = reranker_queries()

@@ -96,6 +96,12 @@ class TextModel:
             self.backend = OrtBackend(onnx_file(self.model_dir, precision), threads, device)
         else:
             self.backend = TorchBackend(self.model_dir / "hf", self.kind, threads, device)
+        self.lexical_weight: float = self.card.get("lexical_weight", 1.0)
+        self.lexical = None
+        if self.lexical_weight < 1.0:
+            from .lexical import LexicalModel
+
+            self.lexical = LexicalModel.load(self.model_dir / "lexical")
 
     @property
     def providers(self) -> list[str]:
@@ -120,9 +126,18 @@ class TextModel:
         feats = self.features(texts)
         return mean_pool(self.backend(feats), feats["attention_mask"]).astype(np.float32)
 
+    def class_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """A classifier's scores before temperature: its logits, or their blend with the lexical model's."""
+        logits = self.logits(texts)
+        if self.lexical is None:
+            return logits
+        from .lexical import blend
+
+        return blend(logits, self.lexical.log_proba(texts), self.lexical_weight)
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated class probabilities (temperature fitted on validation)."""
-        return softmax(self.logits(texts) / self.temperature)
+        return softmax(self.class_scores(texts) / self.temperature)
 
     def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
         return self.logits([query] * len(documents), documents)[:, 0]

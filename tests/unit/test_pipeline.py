@@ -8,8 +8,9 @@ from models import INTENT_LABELS, build as build_module
 from models.build import BuildOptions, build, fingerprint
 from models.datasets import load_intents
 from models.export import GateError
+from models.lexical import LexicalModel, blend
 from models.registry import Registry
-from models.runtime import TextModel
+from models.runtime import TextModel, softmax
 from models.train import IntentConfig, RerankerConfig, torch_logits, train_intent
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,9 @@ def test_build_registers_every_model_with_reports(built):
     assert (intent / "reports" / "reliability.png").exists()
     metrics = json.loads((intent / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(INTENT_LABELS)
+    manifest = reg.manifest("intent", versions["intent"])
+    assert {"lexical/vectorizers.json", "lexical/coef.npy"} <= set(manifest["files"])
+    assert 0.3 <= metrics["lexical_weight"] <= 1.0 and "accuracy" in metrics["transformer_alone"]
     assert metrics["gates"]["onnx_fp32_max_abs_diff"]["value"] <= 1e-4
     rerank = json.loads((reg.root / "reranker" / versions["reranker"] / "metrics.json").read_text())
     assert 0 <= rerank["baseline_bi_encoder"]["ndcg@10"] <= 1 and rerank["eval_queries"] == 8
@@ -76,8 +80,12 @@ def test_registered_runtimes_agree(built):
     onnx = TextModel(folder, "onnx", "fp32").logits(texts)
     torch = TextModel(folder, "torch").logits(texts)
     assert np.abs(onnx - torch).max() <= 1e-4
-    probs = TextModel(folder, "onnx", "int8").predict_proba(texts)
+    served = TextModel(folder, "onnx", "int8")
+    probs = served.predict_proba(texts)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # calibrated probabilities are the temperature-scaled blend of the transformer and the lexical model
+    blended = blend(served.logits(texts), LexicalModel.load(folder / "lexical").log_proba(texts), served.lexical_weight)
+    assert np.allclose(probs, softmax(blended / served.temperature), atol=1e-5)
     emb = TextModel(reg.resolve("embedder"), "onnx", "int8").embed(["dark fantasy like berserk", "hi"])
     assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
