@@ -15,9 +15,9 @@ CONFIG = Path(__file__).resolve().parent / "config" / "local.yaml"
 def cmd_index(args) -> int:
     if args.backend == "faiss":
         from .drift_monitor import build_reference
-        from .index import build_all
+        from .index import IndexSpec, build_all
 
-        build_all(args.embedder, args.index_dir, force=args.force)
+        build_all(args.embedder, args.index_dir, force=args.force, spec=IndexSpec(kind=args.index_kind))
         build_reference(app_args(Path(args.config)))
         return 0
     return index_opensearch(app_args(Path(args.config)))
@@ -247,6 +247,8 @@ def add_commands(sub) -> None:
     ix.add_argument("--embedder", default="embedder")
     ix.add_argument("--index-dir", default=None)
     ix.add_argument("--force", action="store_true")
+    ix.add_argument("--index-kind", choices=["hnsw", "ivfpq", "ivf"], default="hnsw",
+                    help="FAISS index kind (serve/index.py): hnsw for the served catalog, ivfpq for 100k+ products")
     ix.set_defaults(func=cmd_index)
 
     s = sub.add_parser("serve", help="build what is missing, start Ray on 127.0.0.1 and serve until Ctrl-C")

@@ -3,12 +3,23 @@
 Built by `mangaassist index` with the registered embedder, persisted under
 `<index_dir>/<embedder version>/<name>/` (index.faiss, vectors.npy, docs.jsonl, manifest.json), so
 an index is always queried with the embedder that built it.
+
+Kinds of FAISS index (`IndexSpec.kind`, recorded in the manifest and used again on load; `mangaassist index
+--index-kind`):
+- `hnsw` (the default: the 364 series and 174 policy passages served today): one HNSW graph over the vectors.
+- `ivfpq`: for product-scale catalogs (100k-1M+ products). Inverted lists (an exact scan of the list
+  centroids picks `nprobe` of them) holding 4-bit PQ codes of each vector's residual, scanned with FAISS's
+  SIMD fast-scan; the best `rerank` candidates are re-scored on the exact vectors, so scores are exact
+  inner products. Shopper queries sit far from every product (cosine ~0.5 to their nearest product, ~0.93
+  between products) and their exact top 10 is spread over many series: HNSW's greedy walk and IVF-Flat's
+  few nearest lists both miss most of it at 100k+ (benchmarks/results/retrieval.json).
+- `ivf`: IVF-Flat behind an HNSW coarse quantizer (measured for comparison; below both at scale).
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -24,6 +35,129 @@ EF_CONSTRUCTION = 200
 EF_SEARCH = 128
 # Below this many allowed documents an exact scan over them beats (and is exact, unlike) filtered HNSW.
 EXACT_SCAN_MAX = 4096
+INDEX_KINDS = ("hnsw", "ivf", "ivfpq")
+IVF_NPROBE = 64
+IVF_TRAIN_PER_LIST = 64  # k-means points per list (FAISS wants 39+): a seeded sample, not every vector
+IVFPQ_NPROBE = 512
+PQ_M = 96  # ivfpq: 4-bit sub-quantizers of 4 dimensions (48 bytes per vector)
+PQ_RERANK = 1000  # ivfpq: candidates re-scored exactly per query (at least 10 k)
+
+
+def ivf_lists(n: int) -> int:
+    """Lists for `n` vectors: the power of two nearest 4 sqrt(n) (1M -> 4096), at least 1, and at most
+    n / 39 so that k-means has enough points per centroid."""
+    target = 2 ** round(np.log2(max(1.0, 4 * np.sqrt(n))))
+    return int(max(1, min(target, n // 39)))
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How a VectorIndex is built and searched (persisted in its manifest)."""
+
+    kind: str = "hnsw"
+    m: int = HNSW_M  # HNSW links per node: the graph over the vectors (hnsw) or over the list centroids (ivf)
+    ef_construction: int = EF_CONSTRUCTION
+    ef_search: int = EF_SEARCH  # hnsw: candidates per query; ivf: at least 2 nprobe, for the coarse quantizer
+    nlist: int | None = None  # ivf: inverted lists (None: ivf_lists(n) at build time)
+    nprobe: int | None = None  # ivf, ivfpq: lists scanned per query (None: IVF_NPROBE, IVFPQ_NPROBE)
+    pq_m: int = PQ_M  # ivfpq: 4-bit sub-quantizers per vector
+    rerank: int = PQ_RERANK  # ivfpq: candidates from the compressed scan, re-scored on the exact vectors
+
+    def __post_init__(self):
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"index kind {self.kind!r} is not one of {INDEX_KINDS}")
+        if self.nprobe is None and self.kind != "hnsw":
+            object.__setattr__(self, "nprobe", IVFPQ_NPROBE if self.kind == "ivfpq" else IVF_NPROBE)
+
+
+def _sample(vectors: np.ndarray, count: int) -> np.ndarray:
+    n = len(vectors)
+    return vectors if n <= count else vectors[np.sort(np.random.default_rng(0).choice(n, count, replace=False))]
+
+
+def build_faiss(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
+    """The FAISS index of `spec` over `vectors` (float32, normalized: inner product = cosine) and the spec
+    as built (nlist resolved). Seeded: the same vectors give the same index."""
+    import faiss
+
+    n, d = vectors.shape
+    if spec.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, spec.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = spec.ef_construction
+        index.add(vectors)
+        return index, spec
+    if spec.kind == "ivf":
+        nlist = spec.nlist or ivf_lists(n)
+        quantizer = faiss.IndexHNSWFlat(d, spec.m, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = spec.ef_construction
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        # a quarter of ivf's lists (1M -> 1024): few enough for an exact coarse scan (0.4M multiply-adds per query),
+        # large enough that queries unlike any product still find their neighbours in the lists scanned; the
+        # residuals to the list centroids as 4-bit PQ codes scanned with SIMD lookups (FAISS fast-scan); the exact
+        # vectors (VectorIndex.vectors) re-rank the best `rerank` candidates
+        if d % spec.pq_m:
+            raise ValueError(f"pq_m {spec.pq_m} does not divide {d} dimensions")
+        nlist = spec.nlist or max(1, ivf_lists(n) // 4)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, spec.pq_m, 4, faiss.METRIC_INNER_PRODUCT)
+        index.by_residual = True
+    index.cp.seed, index.cp.niter = 1234, 20
+    index.cp.min_points_per_centroid = 1  # small test sets: fewer points than 39 per list is fine
+    index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+    # k-means assigns with an exact scan (the HNSW quantizer gets the final centroids): exact assignment
+    # keeps the lists balanced and the build deterministic
+    index.clustering_index = faiss.IndexFlatIP(d)
+    index.train(_sample(vectors, max(nlist * IVF_TRAIN_PER_LIST, 65_536 if spec.kind == "ivfpq" else 0)))  # PQ too
+    if spec.kind == "ivf":
+        quantizer.hnsw.efSearch = max(spec.ef_search, 2 * spec.nprobe)  # assignment of the vectors to lists
+    index.add(vectors)
+    index.nprobe = spec.nprobe
+    return index, replace(spec, nlist=nlist)
+
+
+def knn(index, spec: IndexSpec, vectors: np.ndarray, query: np.ndarray, k: int,
+        allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """The `k` best (row, inner product) of `index` (built by build_faiss over `vectors`) for one query, best
+    first, among the `allowed` rows only when given (a boolean mask)."""
+    import faiss
+
+    query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+    n = index.ntotal
+    wanted = min(k, n if allowed is None else int(allowed.sum()))
+    if spec.kind == "ivfpq":
+        # no IDSelector in FAISS's fast-scan: filter the candidates, and fetch more while too few are allowed
+        fetch, nprobe = max(spec.rerank, 10 * k), min(spec.nprobe, spec.nlist)  # fast-scan needs nprobe <= nlist
+        while True:
+            _, cand = index.search(query, min(fetch, n), params=faiss.SearchParametersIVF(nprobe=nprobe))
+            cand = cand[0][cand[0] >= 0]
+            if allowed is not None:
+                cand = cand[allowed[cand]]
+            if len(cand) >= wanted or (fetch >= n and nprobe >= spec.nlist):
+                break
+            fetch, nprobe = 4 * fetch, min(4 * nprobe, spec.nlist)
+        scores = vectors[cand] @ query[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(cand[j]), float(scores[j])) for j in top]
+    sel, bitmap = None, None
+    if allowed is not None:  # the bitmap must outlive the selector, which only holds its pointer
+        bitmap = np.packbits(allowed, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+    nprobe = min(spec.nprobe or 1, spec.nlist or 1)
+    while True:
+        if spec.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, k))
+        else:
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, 2 * nprobe))
+        if sel is not None:
+            params.sel = sel
+        scores, ids = index.search(query, k, params=params)
+        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        # IVF: the lists probed may hold fewer than k allowed documents: probe more (all of them at worst)
+        if spec.kind != "ivf" or len(hits) >= wanted or nprobe >= spec.nlist:
+            return hits
+        nprobe = min(4 * nprobe, spec.nlist)
 
 
 def index_root(index_dir: str | None = None) -> Path:
@@ -80,17 +214,14 @@ def check_filters(index: str, filters: dict | None) -> dict:
 
 
 class VectorIndex:
-    """HNSW (inner product on normalized vectors = cosine) plus columnar metadata for filtering."""
+    """A FAISS index (`IndexSpec`: hnsw, ivf or ivfpq; inner product on normalized vectors = cosine) plus
+    columnar metadata for filtering."""
 
-    def __init__(self, name: str, docs: list[Document], vectors: np.ndarray, index=None):
-        import faiss
-
+    def __init__(self, name: str, docs: list[Document], vectors: np.ndarray, index=None, spec: IndexSpec = IndexSpec()):
         self.name, self.docs, self.vectors = name, docs, np.ascontiguousarray(vectors, dtype=np.float32)
         if index is None:
-            index = faiss.IndexHNSWFlat(self.vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = EF_CONSTRUCTION
-            index.add(self.vectors)
-        self.index = index
+            index, spec = build_faiss(self.vectors, spec)
+        self.index, self.spec = index, spec
         self._columns()
 
     def _columns(self) -> None:
@@ -139,8 +270,6 @@ class VectorIndex:
         return allowed
 
     def search(self, query: np.ndarray, k: int, filters: dict | None = None, exclude: Iterable[str] = ()) -> list[tuple[int, float]]:
-        import faiss
-
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         allowed = self.mask(filters)
         excluded = {i for i, d in enumerate(self.docs) if d.id in set(exclude)} if exclude else set()
@@ -152,11 +281,7 @@ class VectorIndex:
             scores = self.vectors[ids] @ query[0]
             top = np.argsort(-scores)[:k]
             return [(int(ids[j]), float(scores[j])) for j in top]
-        params = faiss.SearchParametersHNSW(efSearch=max(EF_SEARCH, k))
-        if allowed is not None:
-            params.sel = faiss.IDSelectorBitmap(len(allowed), np.packbits(allowed, bitorder="little"))
-        scores, ids = self.index.search(query, k, params=params)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return knn(self.index, self.spec, self.vectors, query, k, allowed)
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -170,8 +295,9 @@ class VectorIndex:
             for d in self.docs:
                 fh.write(json.dumps(d.to_json(), ensure_ascii=False) + "\n")
         (folder / "manifest.json").write_text(json.dumps({**meta, "name": self.name, "documents": len(self.docs),
-                                                           "dimensions": self.dimensions, "hnsw_m": HNSW_M,
-                                                           "ef_construction": EF_CONSTRUCTION}, indent=2))
+                                                           "dimensions": self.dimensions, "hnsw_m": self.spec.m,
+                                                           "ef_construction": self.spec.ef_construction,
+                                                           "index": asdict(self.spec)}, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex":
@@ -180,16 +306,19 @@ class VectorIndex:
         manifest = json.loads((folder / "manifest.json").read_text())
         docs = [Document(**json.loads(line)) for line in open(folder / "docs.jsonl", encoding="utf-8")]
         index = faiss.read_index(str(folder / "index.faiss"))
-        return cls(manifest["name"], docs, np.load(folder / "vectors.npy"), index)
+        # indexes built before IndexSpec existed are HNSW with the manifest's M and efConstruction
+        spec = IndexSpec(**manifest.get("index", {"kind": "hnsw", "m": manifest.get("hnsw_m", HNSW_M),
+                                                  "ef_construction": manifest.get("ef_construction", EF_CONSTRUCTION)}))
+        return cls(manifest["name"], docs, np.load(folder / "vectors.npy"), index, spec)
 
 
 def build_index(name: str, embed: Callable[[list[str]], np.ndarray], docs: list[Document] | None = None,
-                batch_size: int = 32) -> VectorIndex:
+                batch_size: int = 32, spec: IndexSpec = IndexSpec()) -> VectorIndex:
     docs = corpus(name) if docs is None else docs
     chunks = []
     for start in tqdm(range(0, len(docs), batch_size), desc=f"indexing {name}", unit="batch"):
         chunks.append(embed([d.text for d in docs[start:start + batch_size]]))
-    return VectorIndex(name, docs, np.concatenate(chunks))
+    return VectorIndex(name, docs, np.concatenate(chunks), spec=spec)
 
 
 def index_folder(root: Path, embedder_version: str, name: str) -> Path:
@@ -197,7 +326,7 @@ def index_folder(root: Path, embedder_version: str, name: str) -> Path:
 
 
 def build_all(embedder_ref: str = "embedder", index_dir: str | None = None, force: bool = False,
-              log: Callable[[str], None] = print) -> Path:
+              log: Callable[[str], None] = print, spec: IndexSpec = IndexSpec()) -> Path:
     """`mangaassist index`: (re)build missing indexes for the current embedder version."""
     from models.registry import Registry
     from models.runtime import TextModel
@@ -214,7 +343,7 @@ def build_all(embedder_ref: str = "embedder", index_dir: str | None = None, forc
             continue
         model = model or TextModel(folder, "onnx", "int8")
         started = time.time()
-        index = build_index(name, model.embed)
+        index = build_index(name, model.embed, spec=spec)
         index.save(target, {"embedder_version": version, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         log(f"index {name}: {len(index.docs)} documents in {time.time() - started:.1f} s -> {target}")
     return root / version
