@@ -59,6 +59,7 @@ class Retriever:
         self.titles = TitleMatcher(self.indexes["catalog"].docs)
         self.info = {"backend": "faiss-hnsw", "embedder_version": version,
                      "documents": {n: len(ix.docs) for n, ix in self.indexes.items()},
+                     "index_kinds": {n: ix.spec.kind for n, ix in self.indexes.items()},
                      "dimensions": self.indexes["catalog"].dimensions}
 
     def search(self, vector: np.ndarray, index: str, k: int, filters: dict | None = None,
