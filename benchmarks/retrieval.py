@@ -1,20 +1,24 @@
-"""Retrieval at catalog scale: FAISS HNSW against exact search, 10k to 1M products.
+"""Retrieval at catalog scale: FAISS HNSW and IVF (HNSW coarse quantizer) against exact search, 10k to 1M products.
 
-    python -m benchmarks.retrieval [--sizes 10000,100000,1000000] [--out benchmarks/results]
+    python -m benchmarks.retrieval [--sizes 10000,100000,1000000] [--embedded 200000] [--out benchmarks/results]
 
 Products come from the seeded catalog expander (every real volume x edition, then synthetic ones)
 and are embedded with the served embedder (ONNX int8), once: the vectors are cached under
-MANGAASSIST_HOME/bench/ in resumable chunks. Queries are real shopper messages (the intent
-dataset's catalog intents). For each size: HNSW build time and memory with the served
-parameters (serve.index), then recall@10 against exact inner-product search and single-query
-latency over an efSearch sweep.
+MANGAASSIST_HOME/bench/ in resumable chunks. Beyond `--embedded` products, vectors are sampled from
+a Gaussian mixture fitted to the embedded ones (labelled in the result; `--real-only-sizes` adds runs on
+embedded vectors alone). Queries are real shopper messages (the intent dataset's catalog intents).
+For each size and each index kind of serve.index (`hnsw`: efSearch sweep; `ivf`: nprobe sweep), both
+built by serve.index.build_faiss: build time and memory, then recall@10 against exact inner-product
+search over the same vectors and single-query latency on one thread.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ from models.datasets import load_catalog, load_intents
 from models.expand import products
 from models.paths import home
 from models.runtime import TextModel
-from serve.index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M
+from serve.index import EF_CONSTRUCTION, INDEX_KINDS, IndexSpec, build_faiss, knn
 from serve.loading import resolve_model
 from serve.routing import index_for
 
@@ -102,50 +106,102 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def bench_size(vectors: np.ndarray, queries: np.ndarray, ef_construction: int, ef_searches: list[int],
-               cache: Path) -> dict:
+SWEPT = {"hnsw": "ef_search", "ivf": "nprobe", "ivfpq": "nprobe"}  # what each kind's sweep varies
+
+
+def sweep(index, spec: IndexSpec, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+          truth_scores: np.ndarray, values: list[int], sampled_from: int | None) -> list[dict]:
+    """recall@10 and single-query latency (one thread, serve.index.knn as the Retriever calls it) for each
+    efSearch (hnsw) or nprobe (ivf, ivfpq: with the served re-rank count)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query per call on one thread: what a Retriever replica does
+    out = []
+    for value in values:
+        setting = replace(spec, **{SWEPT[spec.kind]: value})
+        found, scores, lat, cpu = [], [], [], []
+        for q in queries:
+            t, c = time.perf_counter(), time.thread_time()
+            hits = knn(index, setting, vectors, q, 10)
+            lat.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
+            found.append([i for i, _ in hits])
+            scores.append(np.array([s for _, s in hits]))
+        per_query = np.array([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+        # ann-benchmarks' convention: a result counts when it is as close as the 10th true neighbour
+        # (volumes and editions of one series embed almost alike: which of the tied ones comes back is arbitrary)
+        recall = float(np.mean([(sc >= ts[-1] - 1e-3).sum() / 10 for sc, ts in zip(scores, truth_scores)]))
+        lat_ms, cpu_ms = np.array(lat) * 1000, np.array(cpu) * 1000
+        row = {SWEPT[spec.kind]: value, "recall@10": round(recall, 4), "id_recall@10": round(float(per_query.mean()), 4),
+               "p50_ms": round(float(np.percentile(lat_ms, 50)), 3), "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+               "cpu_p50_ms": round(float(np.percentile(cpu_ms, 50)), 3), "qps_1_thread": round(len(lat) / sum(lat), 1)}
+        if sampled_from is not None:  # id recall of the queries whose exact top 10 are all embedded products
+            real = (truth < sampled_from).all(axis=1)
+            row["id_recall@10_real_truth"] = round(float(per_query[real].mean()), 4) if real.any() else None
+        out.append(row)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return out
+
+
+def build(kind: str, vectors: np.ndarray, spec: IndexSpec, cache: Path, tag: str):
+    """(index, spec as built, build seconds, whether the index was read from the cache, RSS growth MB). A cached
+    index (same vectors: `tag` names the embedded count) keeps the build time measured when it was built."""
+    import faiss
+
+    n = len(vectors)
+    name = {"hnsw": f"hnsw-{n}-{tag}-m{spec.m}-efc{spec.ef_construction}",
+            "ivf": f"ivf-{n}-{tag}-m{spec.m}-nlist{spec.nlist or 'auto'}",
+            "ivfpq": f"ivfpq-{n}-{tag}-m{spec.m}-nlist{spec.nlist or 'auto'}-pq{spec.pq_m}"}[kind]
+    cached, meta = cache / f"{name}.faiss", cache / f"{name}.json"
+    before = rss_mb()
+    if cached.exists() and meta.exists():
+        index, built = faiss.read_index(str(cached)), json.loads(meta.read_text())
+        return index, IndexSpec(**built["spec"]), built["build_s"], True, round(rss_mb() - before, 1)
+    t0 = time.perf_counter()
+    index, spec = build_faiss(vectors, spec)
+    build_s = round(time.perf_counter() - t0, 1)
+    mem = round(rss_mb() - before, 1)
+    faiss.write_index(index, str(cached))
+    meta.write_text(json.dumps({"spec": asdict(spec), "build_s": build_s, "loadavg_after_build": os.getloadavg()}))
+    return index, spec, build_s, False, mem
+
+
+def bench_size(vectors: np.ndarray, queries: np.ndarray, args, cache: Path, tag: str, embedded: int) -> dict:
     import faiss
 
     n, d = vectors.shape
     exact = faiss.IndexFlatIP(d)
     exact.add(vectors)
+    t = time.perf_counter()
     truth_scores, truth = exact.search(queries, 10)
+    exact_ms = (time.perf_counter() - t) / len(queries) * 1000
     del exact
-    before = rss_mb()
-    cached = cache / f"hnsw-{n}-m{HNSW_M}-efc{ef_construction}.faiss"
-    t0 = time.perf_counter()
-    if cached.exists():  # built by an earlier run on the same vectors: its build time is in that run's result
-        index, build_s = faiss.read_index(str(cached)), None
-    else:
-        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        for s in tqdm(range(0, n, 20_000), desc=f"HNSW build {n:,}", unit="chunk", leave=False):
-            index.add(vectors[s:s + 20_000])
-        build_s = round(time.perf_counter() - t0, 1)
-        faiss.write_index(index, str(cached))
-    index_mb = rss_mb() - before
-    faiss.omp_set_num_threads(1)  # one query per call on one thread: what a Retriever replica does
-    sweep = []
-    for ef in ef_searches:
-        params = faiss.SearchParametersHNSW(efSearch=ef)
-        found, scores, lat = [], [], []
-        for q in queries:
-            t = time.perf_counter()
-            sc, ids = index.search(q[None, :], 10, params=params)
-            lat.append(time.perf_counter() - t)
-            found.append(ids[0])
-            scores.append(sc[0])
-        id_recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
-        # ann-benchmarks' convention: a result counts when it is as close as the 10th true neighbour
-        # (volumes and editions of one series embed almost alike: which of the tied ones comes back is arbitrary)
-        recall = float(np.mean([(sc >= ts[-1] - 1e-3).mean() for sc, ts in zip(scores, truth_scores)]))
-        lat_ms = np.array(lat) * 1000
-        sweep.append({"ef_search": ef, "recall@10": round(recall, 4), "id_recall@10": round(id_recall, 4),
-                      "p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
-                      "p99_ms": round(float(np.percentile(lat_ms, 99)), 3), "qps_1_thread": round(len(lat) / sum(lat), 1)})
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    return {"products": n, "hnsw_m": HNSW_M, "ef_construction": ef_construction, "build_s": build_s,
-            "index_memory_mb": round(index_mb, 1), "vectors_mb": round(vectors.nbytes / 2**20, 1), "sweep": sweep}
+    sampled_from = embedded if n > embedded else None
+    run = {"products": n, "embedded": min(n, embedded), "sampled": max(0, n - embedded),
+           "vectors_mb": round(vectors.nbytes / 2**20, 1), "exact_ms_per_query_all_threads": round(exact_ms, 2)}
+    if sampled_from is not None:
+        run["truth_share_sampled"] = round(float((truth >= embedded).mean()), 4)
+    for kind, spec, values in (("hnsw", IndexSpec(kind="hnsw", ef_construction=args.ef_construction), args.ef_search),
+                               ("ivf", IndexSpec(kind="ivf"), args.nprobe), ("ivfpq", IndexSpec(kind="ivfpq"), args.nprobe)):
+        if kind not in args.kinds:
+            continue
+        print(f"{n:,} vectors ({tag}): building {kind}", flush=True)
+        index, spec, build_s, from_cache, mem = build(kind, vectors, spec, cache, tag)
+        run[kind] = {"spec": asdict(spec), "build_s": build_s, "built_by_an_earlier_run": from_cache, "index_memory_mb": mem,
+                     "sweep": sweep(index, spec, vectors, queries, truth, truth_scores, values, sampled_from)}
+        del index
+    return run
+
+
+def served_row(run: dict, kind: str, result: dict) -> dict | None:
+    if kind not in run:
+        return None
+    key = SWEPT[kind]
+    return next((s for s in run[kind]["sweep"] if s[key] == result["served"][kind][key]), None)
+
+
+STYLES = {"hnsw": "o--", "ivf": "^:", "ivfpq": "s-"}
+LABELS = {"hnsw": "HNSW M32", "ivf": "IVF-Flat, HNSW quantizer", "ivfpq": "IVF-PQ fast-scan + exact re-rank"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -155,23 +211,44 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = result["runs"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for run in runs:
-        axes[0].plot([s["p50_ms"] for s in run["sweep"]], [s["recall@10"] for s in run["sweep"]], "o-",
-                     label=f"{run['products']:,} products")
-    axes[0].axhline(0.95, color="grey", ls="--", lw=0.8)
-    axes[0].set(xlabel="p50 search latency (ms, 1 thread)", ylabel="recall@10 vs exact", title="HNSW: recall vs latency (efSearch sweep)")
-    axes[0].legend()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    ax = axes[0][0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    every = [(r, "") for r in runs] + [(r, " real only") for r in result.get("real_only_runs", [])]
+    for i, (run, note) in enumerate(every):
+        for kind, style in STYLES.items():
+            if kind in run:
+                sw = run[kind]["sweep"]
+                ax.plot([s["p50_ms"] for s in sw], [s["recall@10"] for s in sw], style, color=colors[i % len(colors)],
+                        alpha=0.5 if note else 1.0, label=f"{LABELS[kind]}, {run['products']:,}{note}")
+    ax.axhline(0.95, color="grey", ls=":", lw=0.8)
+    ax.axvline(5, color="grey", ls=":", lw=0.8)
+    ax.set(xscale="log", xlabel="p50 search latency (ms, 1 thread)", ylabel="recall@10 vs exact",
+           title="recall vs latency (efSearch or nprobe swept)")
+    ax.legend(fontsize=7)
     sizes = [r["products"] for r in runs]
-    served = [next(s for s in r["sweep"] if s["ef_search"] == EF_SEARCH) for r in runs]
-    axes[1].plot(sizes, [s["p50_ms"] for s in served], "o-", label="p50")
-    axes[1].plot(sizes, [s["p99_ms"] for s in served], "s--", label="p99")
-    axes[1].set(xscale="log", xlabel="products", ylabel="ms", title=f"search latency at efSearch={EF_SEARCH}")
-    axes[1].legend()
-    axes[2].plot(sizes, [r["index_memory_mb"] for r in runs], "o-", label="HNSW index (RSS growth)")
-    axes[2].plot(sizes, [r["vectors_mb"] for r in runs], "s--", label="raw float32 vectors")
-    axes[2].set(xscale="log", yscale="log", xlabel="products", ylabel="MB", title="memory")
-    axes[2].legend()
+    for kind, style in STYLES.items():
+        rows = [served_row(r, kind, result) for r in runs]
+        if all(rows):
+            param = f"{SWEPT[kind]} {result['served'][kind][SWEPT[kind]]}"
+            axes[0][1].plot(sizes, [s["recall@10"] for s in rows], style, label=f"{kind} ({param})")
+            axes[1][0].plot(sizes, [s["p50_ms"] for s in rows], style, label=f"{kind} p50")
+            axes[1][0].plot(sizes, [s["p99_ms"] for s in rows], style, alpha=0.4, label=f"{kind} p99")
+            axes[1][1].plot(sizes, [r[kind]["build_s"] or float("nan") for r in runs], style, label=f"{kind} build (s)")
+    axes[0][1].axhline(0.95, color="grey", ls=":", lw=0.8)
+    axes[0][1].set(xscale="log", xlabel="products", ylabel="recall@10", title="recall at the served setting")
+    axes[0][1].legend()
+    axes[1][0].set(xscale="log", yscale="log", xlabel="products", ylabel="ms", title="search latency at the served setting")
+    axes[1][0].legend()
+    axes[1][1].plot(sizes, [r["vectors_mb"] for r in runs], "^:", label="raw float32 vectors (MB)")
+    for kind, style in STYLES.items():
+        if all(kind in r for r in runs):
+            axes[1][1].plot(sizes, [r[kind]["index_memory_mb"] for r in runs], style, alpha=0.5, label=f"{kind} index (MB, RSS growth)")
+    axes[1][1].set(xscale="log", yscale="log", xlabel="products", title="build time (2 threads) and memory")
+    axes[1][1].legend(fontsize=8)
+    if result.get("sampled_vectors"):
+        fig.suptitle(f"{result['embedded_products']:,} embedded products; beyond them, vectors sampled from a mixture "
+                     f"fitted to them ({result['sampled_vectors']:,} at the largest size)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -181,30 +258,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--kinds", default="hnsw,ivfpq", help="index kinds of serve.index to measure (hnsw, ivf, ivfpq)")
     parser.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
     parser.add_argument("--ef-search", default="16,32,64,128,256")
+    parser.add_argument("--nprobe", default="64,128,256,512,1024", help="ivf, ivfpq: lists scanned per query")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for embedding and index builds")
     parser.add_argument("--embed-only", action="store_true", help="only fill the vector cache")
     parser.add_argument("--embedded", type=int, default=None, help="embed this many products; beyond them, sample "
                         "from a Gaussian mixture fitted to their embeddings (default: embed every product)")
+    parser.add_argument("--real-only-sizes", default="", help="also these sizes on embedded vectors alone (<= --embedded)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    real_sizes = [int(s) for s in args.real_only_sizes.split(",") if s]
+    args.kinds = args.kinds.split(",")
+    args.ef_search = [int(e) for e in args.ef_search.split(",")]
+    args.nprobe = [int(e) for e in args.nprobe.split(",")]
     embedder = resolve_model("embedder")  # verified once: every checksum is a full read
     if args.embed_only:
-        product_vectors(embedder, max(sizes), args.threads)
+        product_vectors(embedder, max(sizes + real_sizes), args.threads)
         return 0
-    real = product_vectors(embedder, args.embedded or max(sizes), args.threads)
-    vectors = real if len(real) >= max(sizes) else np.concatenate([real, sampled_vectors(real, max(sizes) - len(real))])
+    real = product_vectors(embedder, max([args.embedded or max(sizes), *real_sizes]), args.threads)
+    if real_sizes and max(real_sizes) > len(real):
+        parser.error("--real-only-sizes must not exceed the embedded products")
+    embedded = min(len(real), args.embedded or max(sizes))
+    vectors = real[:embedded]
+    if len(vectors) < max(sizes):
+        # kept: an index cached by an earlier run must be searched over exactly the vectors it was built on
+        kept = cache_dir(embedder) / f"sampled-{embedded}-{max(sizes) - embedded}.npy"
+        if not kept.exists():
+            np.save(kept.with_suffix(".tmp.npy"), sampled_vectors(vectors, max(sizes) - len(vectors)))
+            kept.with_suffix(".tmp.npy").rename(kept)
+        vectors = np.concatenate([vectors, np.load(kept)])
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
     queries = query_vectors(embedder, args.queries, args.threads)
-    runs = [bench_size(vectors[:n], queries, args.ef_construction, [int(e) for e in args.ef_search.split(",")],
-                       cache_dir(embedder)) for n in sizes]
-    result = {"machine": machine(), "queries": len(queries), "served_ef_search": EF_SEARCH,
-              "embedded_products": len(real), "sampled_vectors": len(vectors) - len(real),
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "runs": runs}
+    cache = cache_dir(embedder)
+    served = {kind: asdict(IndexSpec(kind=kind)) for kind in INDEX_KINDS}
+    result = {"machine": machine(), "queries": len(queries), "served": served,
+              "embedded_products": embedded, "sampled_vectors": len(vectors) - embedded}
+    result["runs"] = [bench_size(vectors[:n], queries, args, cache, f"e{embedded}", embedded) for n in sizes]
+    # the same sizes on embedded products alone (no sampled vectors): what sampling changes
+    result["real_only_runs"] = [bench_size(real[:n], queries, args, cache, f"e{n}", n) for n in real_sizes]
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     save_result(args.out, "retrieval", result)
     plot(result, args.out / "retrieval.png")
     return 0
