@@ -13,7 +13,7 @@ Kinds of FAISS index (`IndexSpec.kind`, recorded in the manifest and used again 
   inner products. Shopper queries sit far from every product (cosine ~0.5 to their nearest product, ~0.93
   between products) and their exact top 10 is spread over many series: HNSW's greedy walk and IVF-Flat's
   few nearest lists both miss most of it at 100k+ (benchmarks/results/retrieval.json).
-- `ivf`: IVF-Flat behind an HNSW coarse quantizer (measured for comparison; below both at scale).
+- `ivf`: IVF-Flat behind an HNSW coarse quantizer (kept for comparison: below ivfpq at 50k, see benchmarks/README.md).
 """
 from __future__ import annotations
 
