@@ -73,7 +73,8 @@ def send_traffic(client):
     for ex in load_intents("test")[:48]:
         assert client.post("/v1/chat", json={"query": ex.text}).status_code == 200
     unsure = [client.post("/v1/chat", json={"query": q}).json()["intent"]["low_confidence"]
-              for q in ("canada", "can you check the price and the shipping", "price", "one piece or naruto")]
+              for q in ("canada", "can you check the price and the shipping", "price", "one piece or naruto",
+                        "berserk?", "and the other one", "deluxe", "the box")]
     assert any(unsure)  # the low-confidence panels need at least one
     client.post("/v1/chat", json={"query": "do you ship to canada", "stream": True})
     client.post("/v1/classify", json={"texts": ["hi", "where is my order 4417-2210"]})
