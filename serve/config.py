@@ -106,8 +106,17 @@ class AppArgs(Strict):
 
         folder = resolve_model(self.embedder.ref)
         return folder.name, int(json.loads((folder / "model_card.json").read_text())["dimensions"])
+
+    def candidates(self, index: str) -> int:
+        """How many documents of `index` are fetched for the reranker."""
+        return (self.policy_retrieve_k or self.retrieve_k) if index == "policy" else self.retrieve_k
+
     low_confidence_threshold: float = Field(0.55, ge=0, le=1)
     retrieve_k: int = Field(20, ge=1, le=200, description="candidates fetched for the reranker")
+    policy_retrieve_k: int | None = Field(None, ge=1, le=200, description="candidates fetched for the reranker from "
+                                          "the policy passages (default: retrieve_k). The reranker was trained on "
+                                          "catalog pairs and orders policy passages worse than the search does: "
+                                          "fewer of them is faster and better (benchmarks/README.md)")
     rerank_token_budget: int = Field(8192, ge=128, description="max tokens per reranker batch")
     intent_batching: Batching = Batching()
     embedder_batching: Batching = Batching()

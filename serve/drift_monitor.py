@@ -38,12 +38,13 @@ log = logging.getLogger("ray.serve")
 
 # --- reference ----------------------------------------------------------------------------------
 
-def reference_key(versions: dict[str, str], retrieve_k: int) -> str:
+def reference_key(versions: dict[str, str], retrieve_k: int, policy_retrieve_k: int | None = None) -> str:
     """What a reference depends on: the three model versions (the indexes follow the embedder's),
-    the number of candidates reranked, the replayed messages and this module's code."""
+    the number of candidates reranked (per index), the replayed messages and this module's code."""
     from models.paths import DATA_DIR
 
     parts = {"versions": versions, "retrieve_k": retrieve_k, "queries": REFERENCE_QUERIES,
+             **({"policy_retrieve_k": policy_retrieve_k} if policy_retrieve_k not in (None, retrieve_k) else {}),
              "data": hashlib.sha256((DATA_DIR / "intents" / "validation.jsonl").read_bytes()).hexdigest(),
              "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -91,7 +92,7 @@ def reference_features(args: AppArgs, queries: list[str], progress: bool = True)
         index = index_for(record["intent"])
         if index:
             vector = embedder.embed([query])[0]
-            hits = indexes[index].search(vector, args.retrieve_k, None, ())
+            hits = indexes[index].search(vector, args.candidates(index), None, ())
             record["embedding"] = vector
             if hits:
                 record["retrieval_top_score"] = hits[0][1]
@@ -121,7 +122,7 @@ def _build_reference(args: AppArgs, registry, log: Callable[[str], None]) -> str
     from monitoring.drift import Reference
 
     versions = served_versions(args)
-    digest = reference_key(versions, args.retrieve_k)
+    digest = reference_key(versions, args.retrieve_k, args.candidates("policy"))
     version = version_for(digest)
     if version in registry.versions(REFERENCE):
         registry.verify(REFERENCE, version)
@@ -152,7 +153,7 @@ def load_reference(args: AppArgs):
     from .loading import resolve_model
 
     try:
-        version = version_for(reference_key(served_versions(args), args.retrieve_k))
+        version = version_for(reference_key(served_versions(args), args.retrieve_k, args.candidates("policy")))
         return Reference.load(resolve_model(reference_ref(args, version))), version, None
     except Exception as exc:  # noqa: BLE001 - missing, tampered, unreachable: the monitor runs without drift
         return None, None, f"no drift reference for the served model versions ({exc}); run `mangaassist index`"

@@ -351,8 +351,9 @@ class Gateway:
             await self._drop(timer, early, ["embed"])
             vectors = await self._stage(timer, "embed", "embed", lambda: self.embedder.embed.remote([search_text]), t.embed)
         async with timer.stage("search"):
-            hits = await self._call("search", self.retriever.search.remote(vectors[0], index, self.args.retrieve_k,
-                                                                           filters, exclude), t.search)
+            k = max(self.args.candidates(index), top_k)  # never fewer than the shopper asked for
+            hits = await self._call("search", self.retriever.search.remote(vectors[0], index, k, filters, exclude),
+                                    t.search)
         signals = {"embedding": vectors[0], "retrieval_top_score": float(hits[0]["score"]) if hits else None}
         if hits:
             metric("mangaassist_retrieval_top_score").observe(float(hits[0]["score"]), tags={"index": index})

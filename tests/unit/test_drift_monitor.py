@@ -111,6 +111,8 @@ def test_the_reference_key_follows_every_model_version():
     assert key == drift_monitor.reference_key(dict(versions), 30)
     assert key != drift_monitor.reference_key({**versions, "intent": "v-d"}, 30)
     assert key != drift_monitor.reference_key(versions, 20)
+    assert key == drift_monitor.reference_key(versions, 30, 30)  # the policy's candidates as the catalog's
+    assert key != drift_monitor.reference_key(versions, 30, 12)
 
 
 def test_the_reference_of_s3_models_lives_beside_them():

@@ -219,3 +219,12 @@ def test_reranker_batch_is_what_tokenizing_every_pair_at_once_gives():
     for name in joint:
         np.testing.assert_array_equal(batch[name], joint[name])
     assert total_tokens(items) == int(joint["attention_mask"].sum())
+
+
+def test_policy_passages_can_have_fewer_candidates_than_the_catalog():
+    args = AppArgs(retrieve_k=20, policy_retrieve_k=12)
+    assert (args.candidates("catalog"), args.candidates("policy")) == (20, 12)
+    assert AppArgs(retrieve_k=16).candidates("policy") == 16  # default: retrieve_k for both
+    local = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve" / "config" / "local.yaml").read_text())
+    served = AppArgs.model_validate(local["applications"][0]["args"])
+    assert served.candidates("policy") < served.candidates("catalog")
