@@ -23,7 +23,11 @@ def test_the_monitor_has_the_reference_of_the_served_versions(client):
 def test_chat_traffic_reaches_the_window_and_is_evaluated(client, metrics_url):
     import httpx
 
-    before = client.get("/v1/drift").json()["records_seen"]
+    # records of earlier tests' chats may still be in the gateway's buffer (flushed every 0.5 s): wait until none come
+    before, previous = client.get("/v1/drift").json()["records_seen"], None
+    while before != previous:
+        time.sleep(1.0)
+        before, previous = client.get("/v1/drift").json()["records_seen"], before
     queries = [ex.text for ex in load_intents("test")[:40]]
     for query in queries:
         assert client.post("/v1/chat", json={"query": query}).status_code == 200
