@@ -3,12 +3,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from models import INTENT_LABELS, build as build_module
 from models.build import BuildOptions, build, fingerprint
 from models.datasets import load_intents
 from models.export import GateError
 from models.lexical import LexicalModel, blend
+from models.modeling import load_classifier
 from models.registry import Registry
 from models.runtime import TextModel, softmax
 from models.train import IntentConfig, RerankerConfig, torch_logits, train_intent
@@ -111,6 +113,11 @@ def test_training_is_deterministic():
         model, tok, _ = train_intent(cfg, rows, val)
         logits.append(torch_logits(model, tok, [r["text"] for r in val]))
     assert np.array_equal(logits[0], logits[1])
+    # the word-embedding table is frozen (half the parameters, 40% of a step); the layers did learn
+    backbone = load_classifier(num_labels=len(INTENT_LABELS))
+    assert torch.equal(model.get_input_embeddings().weight, backbone.get_input_embeddings().weight)
+    assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
+                           backbone.bert.encoder.layer[0].attention.self.query.weight)
 
 
 def test_fingerprint_covers_every_module_the_build_imports():
