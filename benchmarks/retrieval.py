@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = query_vectors(embedder, args.queries, args.threads)
     cache = cache_dir(embedder)
     served = {kind: asdict(IndexSpec(kind=kind)) for kind in INDEX_KINDS}
-    result = {"machine": machine(), "queries": len(queries), "served": served,
+    result = {"machine": machine(), "embedder_version": embedder.name, "queries": len(queries), "served": served,
               "embedded_products": embedded, "sampled_vectors": len(vectors) - embedded}
     result["runs"] = [bench_size(vectors[:n], queries, args, cache, f"e{embedded}", embedded) for n in sizes]
     # the same sizes on embedded products alone (no sampled vectors): what sampling changes

@@ -17,7 +17,8 @@ def cmd_index(args) -> int:
         from .drift_monitor import build_reference
         from .index import IndexSpec, build_all
 
-        build_all(args.embedder, args.index_dir, force=args.force, spec=IndexSpec(kind=args.index_kind))
+        build_all(args.embedder, args.index_dir, force=args.force,
+                  spec=IndexSpec(kind=args.index_kind) if args.index_kind else None)
         build_reference(app_args(Path(args.config)))
         return 0
     return index_opensearch(app_args(Path(args.config)))
@@ -247,8 +248,9 @@ def add_commands(sub) -> None:
     ix.add_argument("--embedder", default="embedder")
     ix.add_argument("--index-dir", default=None)
     ix.add_argument("--force", action="store_true")
-    ix.add_argument("--index-kind", choices=["hnsw", "ivfpq", "ivf"], default="hnsw",
-                    help="FAISS index kind (serve/index.py): hnsw for the served catalog, ivfpq for 100k+ products")
+    ix.add_argument("--index-kind", choices=["hnsw", "ivfpq", "ivf"], default=None,
+                    help="FAISS index kind (serve/index.py): hnsw for the served catalog, ivfpq for 100k+ products; an "
+                    "index of another kind is rebuilt (default: the kind on disk, hnsw for a new index)")
     ix.set_defaults(func=cmd_index)
 
     s = sub.add_parser("serve", help="build what is missing, start Ray on 127.0.0.1 and serve until Ctrl-C")

@@ -213,6 +213,22 @@ def check_filters(index: str, filters: dict | None) -> dict:
     return f
 
 
+def manifest_spec(manifest: dict) -> IndexSpec:
+    """The IndexSpec an index was built with, from its manifest.json."""
+    # indexes built before IndexSpec existed are HNSW with the manifest's M and efConstruction
+    return IndexSpec(**manifest.get("index", {"kind": "hnsw", "m": manifest.get("hnsw_m", HNSW_M),
+                                              "ef_construction": manifest.get("ef_construction", EF_CONSTRUCTION)}))
+
+
+def spec_changes(built: IndexSpec, wanted: IndexSpec) -> dict[str, tuple]:
+    """The settings (name: (built, wanted)) in which an index built with `built` is not what `wanted` asks for;
+    empty when it is. A `wanted` nlist of None (resolved from the vector count at build time) matches any."""
+    if wanted.nlist is None:
+        wanted = replace(wanted, nlist=built.nlist)
+    old, new = asdict(built), asdict(wanted)
+    return {k: (old[k], new[k]) for k in new if old[k] != new[k]}
+
+
 class VectorIndex:
     """A FAISS index (`IndexSpec`: hnsw, ivf or ivfpq; inner product on normalized vectors = cosine) plus
     columnar metadata for filtering."""
@@ -289,6 +305,9 @@ class VectorIndex:
         import faiss
 
         folder.mkdir(parents=True, exist_ok=True)
+        # the manifest goes first and comes back last: a save cut short leaves no index, never a manifest that
+        # describes other files (build_all then builds it again)
+        (folder / "manifest.json").unlink(missing_ok=True)
         faiss.write_index(self.index, str(folder / "index.faiss"))
         np.save(folder / "vectors.npy", self.vectors)
         with open(folder / "docs.jsonl", "w", encoding="utf-8") as fh:
@@ -306,10 +325,7 @@ class VectorIndex:
         manifest = json.loads((folder / "manifest.json").read_text())
         docs = [Document(**json.loads(line)) for line in open(folder / "docs.jsonl", encoding="utf-8")]
         index = faiss.read_index(str(folder / "index.faiss"))
-        # indexes built before IndexSpec existed are HNSW with the manifest's M and efConstruction
-        spec = IndexSpec(**manifest.get("index", {"kind": "hnsw", "m": manifest.get("hnsw_m", HNSW_M),
-                                                  "ef_construction": manifest.get("ef_construction", EF_CONSTRUCTION)}))
-        return cls(manifest["name"], docs, np.load(folder / "vectors.npy"), index, spec)
+        return cls(manifest["name"], docs, np.load(folder / "vectors.npy"), index, manifest_spec(manifest))
 
 
 def build_index(name: str, embed: Callable[[list[str]], np.ndarray], docs: list[Document] | None = None,
@@ -326,8 +342,10 @@ def index_folder(root: Path, embedder_version: str, name: str) -> Path:
 
 
 def build_all(embedder_ref: str = "embedder", index_dir: str | None = None, force: bool = False,
-              log: Callable[[str], None] = print, spec: IndexSpec = IndexSpec()) -> Path:
-    """`mangaassist index`: (re)build missing indexes for the current embedder version."""
+              log: Callable[[str], None] = print, spec: IndexSpec | None = None) -> Path:
+    """`mangaassist index`: (re)build the indexes for the current embedder version that are missing, or (`spec`
+    given) built with another kind or other settings than `spec`. `spec` None: an index on disk stays as it
+    is, whatever its kind, and a missing one is built as IndexSpec() (hnsw)."""
     from models.registry import Registry
     from models.runtime import TextModel
 
@@ -339,11 +357,16 @@ def build_all(embedder_ref: str = "embedder", index_dir: str | None = None, forc
     for name in INDEXES:
         target = index_folder(root, version, name)
         if (target / "manifest.json").exists() and not force:
-            log(f"index {name}: up to date ({target})")
-            continue
+            built = manifest_spec(json.loads((target / "manifest.json").read_text()))
+            changes = spec_changes(built, spec) if spec is not None else {}
+            if not changes:
+                log(f"index {name}: up to date ({built.kind}, {target})")
+                continue
+            log(f"index {name}: rebuilding, built with other settings than asked: "
+                + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
         model = model or TextModel(folder, "onnx", "int8")
         started = time.time()
-        index = build_index(name, model.embed, spec=spec)
+        index = build_index(name, model.embed, spec=spec or IndexSpec())
         index.save(target, {"embedder_version": version, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        log(f"index {name}: {len(index.docs)} documents in {time.time() - started:.1f} s -> {target}")
+        log(f"index {name}: {len(index.docs)} documents ({index.spec.kind}) in {time.time() - started:.1f} s -> {target}")
     return root / version

@@ -1,5 +1,5 @@
 """Retriever deployment: k-NN over catalog series and policy passages with metadata filters, on the
-embedded FAISS HNSW indexes or on Amazon OpenSearch (same filters, same answer shape)."""
+embedded FAISS indexes (serve/index.py: hnsw, ivfpq or ivf) or on Amazon OpenSearch (same filters, same answer shape)."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,9 +57,11 @@ class Retriever:
                 raise RuntimeError(f"no {name} index for embedder {version} under {root}: run `mangaassist index`")
             self.indexes[name] = VectorIndex.load(folder)
         self.titles = TitleMatcher(self.indexes["catalog"].docs)
-        self.info = {"backend": "faiss-hnsw", "embedder_version": version,
+        kinds = {n: ix.spec.kind for n, ix in self.indexes.items()}
+        self.info = {"backend": "faiss-" + "+".join(sorted(set(kinds.values()))),  # faiss-hnsw, faiss-ivfpq, ...
+                     "embedder_version": version,
                      "documents": {n: len(ix.docs) for n, ix in self.indexes.items()},
-                     "index_kinds": {n: ix.spec.kind for n, ix in self.indexes.items()},
+                     "index_kinds": kinds,
                      "dimensions": self.indexes["catalog"].dimensions}
 
     def search(self, vector: np.ndarray, index: str, k: int, filters: dict | None = None,

@@ -165,3 +165,62 @@ def test_indexes_saved_before_index_specs_load_as_hnsw(tmp_path):
     path.write_text(json.dumps({**old, "hnsw_m": 16}))
     loaded = VectorIndex.load(tmp_path / "policy")
     assert loaded.spec == IndexSpec(m=16) and loaded.search(ix.vectors[3], 3) == ix.search(ix.vectors[3], 3)
+
+
+def test_build_all_rebuilds_only_what_is_not_the_kind_asked(tmp_path, monkeypatch):
+    """`mangaassist index --index-kind K`: an index of another kind (or other settings) is rebuilt, one as asked is
+    left alone (no embedder loaded), and without a kind what is on disk stays; then the Retriever reports the kind."""
+    import zlib
+
+    import models.registry
+    import models.runtime
+    from serve import index as index_module
+    from serve.config import AppArgs
+    from serve.retriever import Retriever
+
+    folder = tmp_path / "registry" / "embedder" / "v-test"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"version": "v-test"}))
+    monkeypatch.setattr(models.registry, "Registry", lambda: type("R", (), {"resolve": lambda self, ref: folder})())
+    embedded = []
+
+    class FakeModel:  # a seeded vector per text (96 dimensions: ivfpq's 96 sub-quantizers divide them)
+        def __init__(self, *args):
+            pass
+
+        def embed(self, texts):
+            embedded.extend(texts)
+            v = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=96) for t in texts])
+            return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    monkeypatch.setattr(models.runtime, "TextModel", FakeModel)
+
+    def build(spec=None):
+        logs = []
+        embedded.clear()
+        index_module.build_all(index_dir=str(tmp_path / "indexes"), log=logs.append, spec=spec)
+        return logs
+
+    def kinds():
+        return {n: json.loads((tmp_path / "indexes" / "v-test" / n / "manifest.json").read_text())["index"]["kind"]
+                for n in ("catalog", "policy")}
+
+    build()
+    assert kinds() == {"catalog": "hnsw", "policy": "hnsw"} and embedded
+    manifest = tmp_path / "indexes" / "v-test" / "catalog" / "manifest.json"
+    before = manifest.read_text()
+    for spec in (None, IndexSpec(), IndexSpec(kind="hnsw")):  # as on disk: untouched, nothing embedded
+        logs = build(spec)
+        assert not embedded and all("up to date (hnsw" in line for line in logs) and manifest.read_text() == before
+    logs = build(IndexSpec(kind="ivfpq"))
+    assert kinds() == {"catalog": "ivfpq", "policy": "ivfpq"}
+    assert any("rebuilding" in line and "kind hnsw -> ivfpq" in line for line in logs)
+    for spec in (IndexSpec(kind="ivfpq"), None):  # nlist (resolved at build time) aside, as asked; no kind asked
+        assert all("up to date (ivfpq" in line for line in build(spec)) and not embedded
+    logs = build(IndexSpec(kind="ivfpq", nprobe=64))  # same kind, other settings: rebuilt too
+    assert embedded and any("nprobe 512 -> 64" in line for line in logs)
+
+    monkeypatch.setattr(AppArgs, "embedder_identity", lambda self: ("v-test", 96))
+    retriever = Retriever.func_or_class(AppArgs(index_dir=str(tmp_path / "indexes")))
+    assert retriever.ready()["backend"] == "faiss-ivfpq"
+    assert retriever.ready()["index_kinds"] == {"catalog": "ivfpq", "policy": "ivfpq"}

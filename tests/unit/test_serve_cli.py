@@ -54,3 +54,20 @@ def test_start_ray_defaults_to_serve_throughput_mode_without_direct_ingress(monk
     monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")  # the environment's choice wins
     cli.start_ray(metrics_port=0)
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+
+
+@pytest.mark.parametrize("argv,spec", [([], None), (["--index-kind", "ivfpq"], "ivfpq"), (["--index-kind", "hnsw"], "hnsw")])
+def test_index_kind_is_only_imposed_when_asked(monkeypatch, argv, spec):
+    """Without --index-kind the indexes on disk keep their kind (build_all builds hnsw where one is missing)."""
+    import argparse
+
+    from serve import drift_monitor, index
+
+    calls = []
+    monkeypatch.setattr(index, "build_all", lambda *a, **kw: calls.append(kw["spec"]))
+    monkeypatch.setattr(drift_monitor, "build_reference", lambda args: None)
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    args = parser.parse_args(["index", *argv])
+    assert args.func(args) == 0
+    assert [s and s.kind for s in calls] == [spec]
