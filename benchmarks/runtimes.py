@@ -1,5 +1,5 @@
-"""Runtimes side by side in one process, no serving: ONNX Runtime int8 / fp32 and torch fp32 / bf16
-(autocast, AMX where present), 1 and 2 intra-op threads, on the served models and real inputs.
+"""Runtimes side by side in one process, no serving: ONNX Runtime int8 / fp32, OpenVINO bf16 / fp32 and torch
+fp32 / bf16 (autocast; bf16 on AMX where present), 1 and 2 intra-op threads, on the served models and real inputs.
 
     python -m benchmarks.runtimes [--out benchmarks/results]
 
@@ -22,7 +22,8 @@ from serve.loading import resolve_model
 
 from .report import machine, save_result
 
-RUNTIMES = (("onnx", "int8"), ("onnx", "fp32"), ("torch", "fp32"), ("torch", "bf16"))
+RUNTIMES = (("onnx", "int8"), ("onnx", "fp32"), ("openvino", "bf16"), ("openvino", "fp32"), ("torch", "fp32"),
+            ("torch", "bf16"))
 
 
 def timed(fn, repeats: int = 15) -> float:
@@ -49,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for runtime, precision in RUNTIMES:
         for threads in (1, 2):
-            models = {m: TextModel(folder, runtime, "fp32" if precision == "bf16" else precision, threads)
+            models = {m: TextModel(folder, runtime, "fp32" if runtime == "torch" else precision, threads)
                       for m, folder in folders.items()}
             card_length = models["reranker"].max_length
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=runtime == "torch" and precision == "bf16")
             with autocast:
                 row = {"runtime": runtime, "precision": precision, "threads": threads,
                        "intent_b1_ms": timed(lambda: models["intent"].logits(texts[:1])),

@@ -61,6 +61,10 @@ def chat(r: dict) -> list[str]:
         out += ["", "Ray Serve hops (no-op deployments, c=1, p50): " +
                 ", ".join(f"{k.replace('_', ' ')} {v['p50_ms']} ms" for k, v in h.items() if isinstance(v, dict)) +
                 f"; **{h['per_hop_p50_ms']} ms per DeploymentHandle hop**."]
+        peaks = {k: v["c16_throughput_rps"] for k, v in h.items() if isinstance(v, dict) and "c16_throughput_rps" in v}
+        if peaks:
+            out.append("Throughput of the same no-op chains at c=16 (what Ray Serve itself carries on this machine): " +
+                       ", ".join(f"{k.replace('_', ' ')} {v} req/s" for k, v in peaks.items()) + ".")
     return out + [""]
 
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from . import INTENT_LABELS
 from .datasets import load_catalog, load_intents
-from .evaluate import intent_report, rerank_eval_set, reranker_queries
-from .export import GATES, SELECTION_MARGIN, GateError, check_gate, enforce, export_onnx, quantize
+from .evaluate import doc_vectors, intent_report, rerank_eval_set, reranker_queries
+from .export import (GATES, SELECTION_MARGIN, GateError, agreement_margin, check_gate, enforce, export_onnx, export_openvino,
+                     quantize)
 from .lexical import LexicalModel, blend, fit_weight
 from .metrics import expected_calibration_error, fit_temperature, plot_confusion, plot_reliability
 from .pairs import training_groups
@@ -80,6 +81,12 @@ def _model_card(staged: Path, kind: str, max_length: int, **extra) -> None:
     (staged / "model_card.json").write_text(json.dumps(card, indent=2))
 
 
+def openvino_runtimes(model, tokenizer, kind: str, staged: Path) -> tuple[TextModel, TextModel]:
+    """Export the OpenVINO IR; returns it compiled fp32 (parity with torch) and bf16 (what serves on AMX)."""
+    export_openvino(model, tokenizer, kind, staged)
+    return TextModel(staged, "openvino", "fp32"), TextModel(staged, "openvino", "bf16")
+
+
 def _save_hf(model, tokenizer, staged: Path) -> None:
     model.save_pretrained(staged / "hf")
     tokenizer.save_pretrained(staged / "hf")
@@ -116,12 +123,18 @@ def build_embedder(staged: Path, opts: BuildOptions) -> dict:
     # compare what the embedder serves (pooled, normalized): padded positions' hidden states are meaningless
     fp32_diff = float(np.abs(fp32.embed(texts) - ref).max())
     cos = (int8.embed(texts) * ref).sum(axis=1)
+    ov_fp32, ov_bf16 = openvino_runtimes(model, tokenizer, "encoder", staged)
+    ov_cos = (ov_bf16.embed(texts) * ref).sum(axis=1)
     gates = {
         "onnx_fp32_max_abs_diff": check_gate(fp32_diff, GATES["fp32_max_abs_diff"], higher_is_better=False),
         "onnx_int8_mean_cosine": check_gate(float(cos.mean()), GATES["embedder_int8_cosine"], higher_is_better=True),
+        "openvino_fp32_max_abs_diff": check_gate(float(np.abs(ov_fp32.embed(texts) - ref).max()),
+                                                 GATES["fp32_max_abs_diff"], higher_is_better=False),
+        f"openvino_{ov_bf16.precision}_mean_cosine": check_gate(float(ov_cos.mean()), GATES["embedder_int8_cosine"], True),
     }
     enforce(gates, "embedder")
-    return {"gates": gates, "int8_min_cosine": float(cos.min()), "fused_ops": export["fused_ops"], "quantization": quantized}
+    return {"gates": gates, "int8_min_cosine": float(cos.min()), "openvino_min_cosine": float(ov_cos.min()),
+            "fused_ops": export["fused_ops"], "quantization": quantized}
 
 
 # --- intent classifier ----------------------------------------------------------------------------
@@ -165,15 +178,21 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
 
     def accept(int8_path):
         agreement = (OrtBackend(int8_path)(val_feats).argmax(1) == val_logits.argmax(1)).mean()
-        return agreement >= GATES["intent_int8_agreement"] + SELECTION_MARGIN
+        return agreement >= GATES["intent_int8_agreement"] + agreement_margin(len(val_texts), GATES["intent_int8_agreement"])
 
     quantized = quantize(staged, accept)
     fp32 = TextModel(staged, "onnx", "fp32").logits(test_texts)
     int8 = TextModel(staged, "onnx", "int8").logits(test_texts)
     int8_pred = int8.argmax(1)  # the gate compares the transformer alone: the blend can only hide a difference
+    ov_fp32, ov_bf16 = openvino_runtimes(model, tokenizer, "classifier", staged)
+    ov_logits = ov_bf16.logits(test_texts)
     gates = {
         "onnx_fp32_max_abs_diff": check_gate(float(np.abs(fp32 - test_logits).max()), GATES["fp32_max_abs_diff"], False),
         "onnx_int8_top_label_agreement": check_gate(float((int8_pred == test_logits.argmax(1)).mean()), GATES["intent_int8_agreement"], True),
+        "openvino_fp32_max_abs_diff": check_gate(float(np.abs(ov_fp32.logits(test_texts) - test_logits).max()),
+                                                 GATES["fp32_max_abs_diff"], False),
+        f"openvino_{ov_bf16.precision}_top_label_agreement": check_gate(
+            float((ov_logits.argmax(1) == test_logits.argmax(1)).mean()), GATES["intent_int8_agreement"], True),
     }
     enforce(gates, "intent")
     metrics = {
@@ -182,6 +201,7 @@ def build_intent(staged: Path, opts: BuildOptions) -> dict:
         "test_ece_scaled": report["ece"],
         "temperature": temperature, "lexical_weight": weight,
         "int8_test_accuracy": float((blend(int8, test_lex, weight).argmax(1) == np.asarray(test_y)).mean()),
+        "openvino_test_accuracy": float((blend(ov_logits, test_lex, weight).argmax(1) == np.asarray(test_y)).mean()),
         "transformer_alone": {k: alone[k] for k in ("accuracy", "macro_f1", "ece")},
         "lexical_alone": {"accuracy": float((test_lex.argmax(1) == np.asarray(test_y)).mean())},
         "per_class": report["per_class"], "confusion_matrix": report["confusion_matrix"],
@@ -209,36 +229,45 @@ def build_reranker(staged: Path, opts: BuildOptions, registry: Registry) -> dict
     model, tokenizer = train_reranker(cfg, groups)
     train_s = time.time() - t0
 
-    embedder = TextModel(registry.resolve("embedder"), "onnx", "fp32")
-    evalset = rerank_eval_set(docs, eval_q, embedder, cfg.seed, cfg.eval_queries)
-    valset = rerank_eval_set(docs, val_q, embedder, cfg.seed, max(cfg.eval_queries // 3, 4))
+    # fp32 scoring by OpenVINO (20% faster than ONNX Runtime fp32 here; both parity-gated against torch below)
+    embedder = TextModel(registry.resolve("embedder"), "openvino", "fp32")
+    vectors = doc_vectors(docs, embedder)
+    evalset = rerank_eval_set(docs, eval_q, embedder, cfg.seed, cfg.eval_queries, vectors)
+    valset = rerank_eval_set(docs, val_q, embedder, cfg.seed, max(cfg.eval_queries // 3, 4), vectors)
     _save_hf(model, tokenizer, staged)
     _model_card(staged, "cross_encoder", cfg.max_length)
     export = export_onnx(model, tokenizer, "cross_encoder", staged)
-    val_fp32 = valset.evaluate(valset.score_with(TextModel(staged, "onnx", "fp32")))["ndcg@10"]
+    ov_fp32, ov_bf16 = openvino_runtimes(model, tokenizer, "cross_encoder", staged)
+    val_fp32 = valset.evaluate(valset.score_with(ov_fp32))["ndcg@10"]
 
     def accept(int8_path):
         scores = valset.score_with(TextModel(staged, "onnx", "int8"))
         return val_fp32 - valset.evaluate(scores)["ndcg@10"] <= GATES["reranker_int8_ndcg_drop"] - SELECTION_MARGIN
 
     quantized = quantize(staged, accept)
-    # ranking quality from ONNX fp32 (2x faster than torch, and parity-checked against it just below)
-    fp32_scores = evalset.score_with(TextModel(staged, "onnx", "fp32"), desc="reranker eval onnx fp32")
+    fp32_scores = evalset.score_with(ov_fp32, desc="reranker eval fp32")
     int8_scores = evalset.score_with(TextModel(staged, "onnx", "int8"), desc="reranker eval onnx int8")
+    ov_rank = evalset.evaluate(evalset.score_with(ov_bf16, desc=f"reranker eval openvino {ov_bf16.precision}"))
     qs, ds = evalset.flat_pairs
     sample = np.random.default_rng(cfg.seed).choice(len(qs), size=min(512, len(qs)), replace=False)
-    torch_scores = torch_logits(model, tokenizer, [qs[i] for i in sample], [ds[i] for i in sample], max_length=cfg.max_length)[:, 0]
+    sample_pairs = [qs[i] for i in sample], [ds[i] for i in sample]
+    torch_scores = torch_logits(model, tokenizer, *sample_pairs, max_length=cfg.max_length)[:, 0]
     baseline, reranked, int8_rank = evalset.baseline(), evalset.evaluate(fp32_scores), evalset.evaluate(int8_scores)
     gates = {
-        "onnx_fp32_max_abs_diff": check_gate(float(np.abs(fp32_scores[sample] - torch_scores).max()), GATES["fp32_max_abs_diff"], False),
+        "onnx_fp32_max_abs_diff": check_gate(float(np.abs(TextModel(staged, "onnx", "fp32").logits(*sample_pairs)[:, 0]
+                                                          - torch_scores).max()), GATES["fp32_max_abs_diff"], False),
         "onnx_int8_ndcg_drop": check_gate(reranked["ndcg@10"] - int8_rank["ndcg@10"], GATES["reranker_int8_ndcg_drop"], False),
+        "openvino_fp32_max_abs_diff": check_gate(float(np.abs(fp32_scores[sample] - torch_scores).max()),
+                                                 GATES["fp32_max_abs_diff"], False),
+        f"openvino_{ov_bf16.precision}_ndcg_drop": check_gate(reranked["ndcg@10"] - ov_rank["ndcg@10"],
+                                                              GATES["reranker_int8_ndcg_drop"], False),
     }
     gain = reranked["ndcg@10"] - baseline["ndcg@10"]
     print(f"reranker: NDCG@10 {reranked['ndcg@10']:.4f} (int8 {int8_rank['ndcg@10']:.4f}), bi-encoder {baseline['ndcg@10']:.4f}")
     enforce(gates, "reranker")
     return {
         "ndcg@10": reranked["ndcg@10"], "mrr@10": reranked["mrr@10"],
-        "baseline_bi_encoder": baseline, "ndcg@10_gain": gain, "int8": int8_rank,
+        "baseline_bi_encoder": baseline, "ndcg@10_gain": gain, "int8": int8_rank, "openvino": ov_rank,
         "eval_queries": len(evalset.queries), "train_queries": len(train_q), "train_pairs": len(groups) * cfg.group_size,
         "candidates_per_query": len(evalset.candidates[0]), "train_seconds": round(train_s, 1),
         "bars": {"ndcg@10_gain": check_gate(gain, 0.05, True)},

@@ -128,8 +128,8 @@ def parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="eval_target", required=True)
     for model in ("intent", "reranker"):
         em = esub.add_parser(model, help=f"re-evaluate the registered {model} model with a serving runtime")
-        em.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
-        em.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+        em.add_argument("--runtime", choices=["onnx", "openvino", "torch"], default="onnx")
+        em.add_argument("--precision", choices=["fp32", "int8", "bf16"], default="int8")
         em.set_defaults(func=cmd_eval, model=model)
     from .graph_eval import cmd_eval_graph
 

@@ -14,7 +14,7 @@ from .pairs import Doc, RankQuery, build_queries, catalog_docs, policy_docs, spl
 from .paths import DATA_DIR
 from .runtime import TextModel, softmax
 
-RERANK_CANDIDATES = 30
+RERANK_CANDIDATES = 20  # what the graph reranks (args.retrieve_k)
 EVAL_QUERIES = 150
 
 
@@ -69,11 +69,18 @@ def reranker_queries(data_dir=DATA_DIR):
     return docs, train_q, eval_q
 
 
-def rerank_eval_set(docs: dict[str, Doc], eval_q: list[RankQuery], embedder: TextModel, seed: int = 7,
-                    n_queries: int = EVAL_QUERIES) -> RerankEvalSet:
-    eval_q = random.Random(seed).sample(eval_q, min(n_queries, len(eval_q)))
+def doc_vectors(docs: dict[str, Doc], embedder: TextModel) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per index, its document ids and their embeddings (computed once for every evaluation set)."""
     index_ids = {ix: [d.id for d in docs.values() if d.index == ix] for ix in ("catalog", "policy")}
-    doc_vecs = {ix: embedder.embed([docs[i].text for i in ids]) for ix, ids in index_ids.items()}
+    return {ix: (ids, embedder.embed([docs[i].text for i in ids])) for ix, ids in index_ids.items()}
+
+
+def rerank_eval_set(docs: dict[str, Doc], eval_q: list[RankQuery], embedder: TextModel, seed: int = 7,
+                    n_queries: int = EVAL_QUERIES, vectors: dict | None = None) -> RerankEvalSet:
+    eval_q = random.Random(seed).sample(eval_q, min(n_queries, len(eval_q)))
+    vectors = vectors or doc_vectors(docs, embedder)
+    index_ids = {ix: ids for ix, (ids, _) in vectors.items()}
+    doc_vecs = {ix: vecs for ix, (_, vecs) in vectors.items()}
     query_vecs = embedder.embed([q.text for q in eval_q])
     candidates, bi_scores = [], []
     for q, vec in zip(eval_q, query_vecs):

@@ -1,4 +1,5 @@
-"""Inference runtimes for every model: ONNX Runtime (fp32 / int8) or torch, behind one interface.
+"""Inference runtimes for every model: ONNX Runtime (fp32 / int8), OpenVINO (bf16 / fp32) or torch, behind one
+interface.
 
 Deployments and the export parity gates both go through `TextModel`, so what is checked at
 export time is exactly what serves.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -14,14 +16,20 @@ import numpy as np
 
 from .modeling import mean_pool
 
-Runtime = Literal["onnx", "torch"]
-Precision = Literal["fp32", "int8"]
+Runtime = Literal["onnx", "openvino", "torch"]
+Precision = Literal["fp32", "int8", "bf16"]
+PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16"), "torch": ("fp32",)}
 Device = Literal["cpu", "cuda"]
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def onnx_file(model_dir: Path, precision: Precision) -> Path:
     return model_dir / "onnx" / f"model.{precision}.onnx"
+
+
+def openvino_file(model_dir: Path) -> Path:
+    """OpenVINO IR with fp32 weights; the precision it runs at is chosen when it is compiled."""
+    return model_dir / "openvino" / "model.xml"
 
 
 class OrtBackend:
@@ -42,6 +50,37 @@ class OrtBackend:
 
     def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, {k: features[k] for k in self.inputs})[0]
+
+
+class OpenVinoBackend:
+    """OpenVINO on CPU. bf16 runs the matmuls on AMX (or AVX512-BF16): on the reranker's batches 2-3x faster
+    than ONNX Runtime int8 here, and closer to fp32. Without bf16 hardware OpenVINO runs fp32 instead;
+    `precision` reports what it actually runs."""
+
+    def __init__(self, path: Path, threads: int, precision: Precision = "bf16"):
+        import openvino as ov
+
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: this model version predates the OpenVINO export; "
+                                    "run `mangaassist build` (or serve it with runtime onnx)")
+        self.compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,  # replicas share cores (DESIGN §4): pinned threads would collide
+        })
+        self.precision = "bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "fp32"
+        self.inputs = [port.get_any_name() for port in self.compiled.inputs]
+        self.output = self.compiled.outputs[0]
+        self.providers = ["openvino-CPU"]
+        self._local = threading.local()  # an infer request is not thread-safe: one per calling thread
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        # the result aliases the request's output buffer, which the next call overwrites
+        return np.array(request.infer({k: features[k] for k in self.inputs})[self.output], dtype=np.float32)
 
 
 class TorchBackend:
@@ -89,11 +128,18 @@ class TextModel:
         self.labels: list[str] | None = self.card.get("labels")
         self.temperature: float = self.card.get("temperature", 1.0)
         self.runtime = runtime
-        self.precision = precision if runtime == "onnx" else "fp32"
+        if precision not in PRECISIONS[runtime] and runtime != "torch":
+            raise ValueError(f"runtime {runtime} runs precision {' or '.join(PRECISIONS[runtime])}, not {precision}")
+        self.precision = precision if runtime != "torch" else "fp32"
         self.tokenizer = load_tokenizer(self.model_dir / "hf")
         threads = threads or len(os.sched_getaffinity(0))
         if runtime == "onnx":
             self.backend = OrtBackend(onnx_file(self.model_dir, precision), threads, device)
+        elif runtime == "openvino":
+            if device != "cpu":
+                raise ValueError("runtime openvino runs on cpu here; use onnx or torch on cuda")
+            self.backend = OpenVinoBackend(openvino_file(self.model_dir), threads, precision)
+            self.precision = self.backend.precision
         else:
             self.backend = TorchBackend(self.model_dir / "hf", self.kind, threads, device)
         self.lexical_weight: float = self.card.get("lexical_weight", 1.0)

@@ -18,7 +18,7 @@ class IntentConfig:
     max_length: int = 64
     batch_size: int = 32
     lr: float = 1e-4
-    epochs: int = 12
+    epochs: int = 10  # validation macro-F1 peaks at epoch 8-11 of 12; 10 keeps the build under 10 minutes
     patience: int = 3  # epochs without validation macro-F1 gain before stopping
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -38,7 +38,7 @@ class RerankerConfig:
     batch_size: int = 2  # queries per step (x group_size pairs)
     lr: float = 5e-5
     epochs: int = 1
-    train_queries: int = 600  # queries sampled from the training anchors (time budget: ~2 min)
+    train_queries: int = 600  # queries sampled from the training anchors (420: 30% faster, NDCG@10 gain 0.106 -> 0.055)
     eval_queries: int = 150  # held-out queries, each reranking the bi-encoder's top 30
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01

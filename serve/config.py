@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.runtime import PRECISIONS
 
 from .backends.bedrock import BedrockSettings
 from .backends.opensearch import OpenSearchSettings
@@ -23,12 +25,21 @@ class ModelSpec(Strict):
     """A registered model and how to run it."""
 
     ref: str = Field(description="registry name, name:version, or a path to a version folder")
-    runtime: Literal["onnx", "torch"] = "onnx"
-    precision: Literal["fp32", "int8"] = "int8"
+    runtime: Literal["onnx", "openvino", "torch"] = Field("onnx", description="onnx: fp32 or int8, cpu or cuda; "
+                                                        "openvino: bf16 (AMX CPUs) or fp32, cpu; torch: fp32 (fp16 on cuda)")
+    precision: Literal["fp32", "int8", "bf16"] = "int8"
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: the replica's whole CPUs, at least 1")
     max_length: int | None = Field(None, ge=16, le=512, description="truncate inputs to this many tokens; default: the "
                                    "model card's (cost grows with length: see the tuning guide)")
+
+    @model_validator(mode="after")
+    def _runs_there(self):
+        if self.runtime != "torch" and self.precision not in PRECISIONS[self.runtime]:
+            raise ValueError(f"runtime {self.runtime} runs precision {' or '.join(PRECISIONS[self.runtime])}, not {self.precision}")
+        if self.runtime == "openvino" and self.device != "cpu":
+            raise ValueError("runtime openvino runs on device cpu (use onnx or torch on cuda)")
+        return self
 
 
 class Batching(Strict):

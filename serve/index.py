@@ -364,7 +364,8 @@ def build_all(embedder_ref: str = "embedder", index_dir: str | None = None, forc
                 continue
             log(f"index {name}: rebuilding, built with other settings than asked: "
                 + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
-        model = model or TextModel(folder, "onnx", "int8")
+        # the served local runtime (closer to fp32 than int8, and 2x faster on AMX); fp32 on CPUs without bf16
+        model = model or TextModel(folder, "openvino", "bf16")
         started = time.time()
         index = build_index(name, model.embed, spec=spec or IndexSpec())
         index.save(target, {"embedder_version": version, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

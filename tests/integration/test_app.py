@@ -5,6 +5,7 @@ import re
 import pytest
 
 from models.datasets import load_catalog, load_policies
+from models.train import bf16_supported
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,10 @@ def test_health_and_readiness(client):
     body = r.json()
     assert body["ready"] is True
     deployments = body["deployments"]
-    assert deployments["classifier"]["runtime"] == "onnx" and deployments["classifier"]["precision"] == "int8"
-    assert deployments["classifier"]["providers"] == ["CPUExecutionProvider"]
+    # serve/config/local.yaml: OpenVINO, bf16 where the CPU has it (what actually runs is reported)
+    assert deployments["classifier"]["runtime"] == "openvino"
+    assert deployments["classifier"]["precision"] == ("bf16" if bf16_supported() else "fp32")
+    assert deployments["classifier"]["providers"] == ["openvino-CPU"]
     assert deployments["retriever"]["documents"]["catalog"] == len(CATALOG)
     assert deployments["reranker"]["token_budget"] == 8192
 

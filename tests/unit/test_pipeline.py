@@ -13,7 +13,7 @@ from models.lexical import LexicalModel, blend
 from models.modeling import load_classifier
 from models.registry import Registry
 from models.runtime import TextModel, softmax
-from models.train import IntentConfig, RerankerConfig, torch_logits, train_intent
+from models.train import IntentConfig, RerankerConfig, bf16_supported, torch_logits, train_intent
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,15 @@ def test_build_registers_every_model_with_reports(built):
         manifest = reg.manifest(name, version)
         assert manifest["metrics"]["gates_passed"] is True
         for rel in ("onnx/model.fp32.onnx", "onnx/model.int8.onnx", "hf/model.safetensors", "model_card.json",
-                    "metrics.json", "data_fingerprint.json"):
+                    "metrics.json", "data_fingerprint.json", "openvino/model.xml", "openvino/model.bin"):
             assert rel in manifest["files"], (name, rel)
         assert (folder / "onnx/model.int8.onnx").stat().st_size < (folder / "onnx/model.fp32.onnx").stat().st_size
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["quantization"]["policy"] == metrics["quantization"]["tried"][-1]
+        assert metrics["gates"]["openvino_fp32_max_abs_diff"]["value"] <= 1e-4
+        # the bf16 gate is named for what ran: bf16 on AMX/AVX512-BF16 CPUs, fp32 elsewhere
+        assert any(g.startswith(f"openvino_{'bf16' if bf16_supported() else 'fp32'}_") and not g.endswith("abs_diff")
+                   for g in metrics["gates"]), metrics["gates"]
     intent = reg.root / "intent" / versions["intent"]
     assert (intent / "reports" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert (intent / "reports" / "reliability.png").exists()
@@ -88,6 +92,13 @@ def test_registered_runtimes_agree(built):
     # calibrated probabilities are the temperature-scaled blend of the transformer and the lexical model
     blended = blend(served.logits(texts), LexicalModel.load(folder / "lexical").log_proba(texts), served.lexical_weight)
     assert np.allclose(probs, softmax(blended / served.temperature), atol=1e-5)
+    openvino = TextModel(folder, "openvino", "fp32").logits(texts)
+    assert np.abs(openvino - onnx).max() <= 1e-4
+    bf16 = TextModel(folder, "openvino", "bf16")
+    assert bf16.precision == ("bf16" if bf16_supported() else "fp32")
+    assert (bf16.logits(texts).argmax(1) == onnx.argmax(1)).mean() >= 0.95
+    with pytest.raises(ValueError, match="openvino runs precision fp32 or bf16"):
+        TextModel(folder, "openvino", "int8")
     emb = TextModel(reg.resolve("embedder"), "onnx", "int8").embed(["dark fantasy like berserk", "hi"])
     assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
@@ -153,3 +164,11 @@ def test_concurrent_builds_wait_for_each_other(built):
         assert waiter.is_alive() and not log  # blocked while another build holds the lock
     waiter.join(timeout=60)
     assert log == [versions]
+
+
+def test_int8_selection_margin_is_two_standard_errors():
+    from models.export import agreement_margin
+
+    # 973 validation messages at the 0.99 gate: a policy must agree on >= 99.64% of them to be chosen
+    assert abs(agreement_margin(973, 0.99) - 0.00638) < 1e-4
+    assert agreement_margin(4 * 973, 0.99) == pytest.approx(agreement_margin(973, 0.99) / 2)

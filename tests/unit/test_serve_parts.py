@@ -163,12 +163,18 @@ def test_serve_config_file_is_valid():
     app = config.applications[0]
     assert app.import_path == "serve.app:build_app"
     args = AppArgs.model_validate(app.args)
-    assert args.intent.runtime == "onnx" and args.intent.precision == "int8"
+    assert args.reranker.runtime == "openvino" and args.reranker.precision == "bf16"
     assert {d["name"] for d in raw["applications"][0]["deployments"]} == {
         "Gateway", "IntentClassifier", "Embedder", "Retriever", "Reranker", "Generator"}
     assert sum(d["ray_actor_options"]["num_cpus"] for d in raw["applications"][0]["deployments"]) <= 2
     with pytest.raises(ValueError):
         AppArgs.model_validate({"intent": {"ref": "intent", "runtime": "tensorrt"}})
+    # a precision the runtime cannot run, or openvino on a GPU, is refused at deploy time, not at the first request
+    for bad, reason in (({"runtime": "openvino", "precision": "int8"}, "openvino runs precision fp32 or bf16"),
+                        ({"runtime": "onnx", "precision": "bf16"}, "onnx runs precision fp32 or int8"),
+                        ({"runtime": "openvino", "precision": "bf16", "device": "cuda"}, "openvino runs on device cpu")):
+        with pytest.raises(ValueError, match=reason):
+            AppArgs.model_validate({"intent": {"ref": "intent", **bad}})
 
 
 def test_item_similarity_prefers_shared_genres_and_demographic():
