@@ -136,7 +136,7 @@ SELECTION_MARGIN = 0.004
 def agreement_margin(n: int, threshold: float) -> float:
     """Two standard errors of an agreement rate at `threshold` measured on n examples: an int8 policy at
     0.995 on ~1,000 validation messages still failed 0.99 on test (0.9897), one at 0.997 passed (0.998)."""
-    return 2 * math.sqrt(threshold * (1 - threshold) / n)
+    return 2 * math.sqrt(max(threshold * (1 - threshold), 0.0) / n)  # a threshold of 1 (or more) has no noise band
 
 
 def quantize(model_dir: Path, accept: Callable[[Path], bool]) -> dict:

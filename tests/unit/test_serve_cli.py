@@ -1,46 +1,54 @@
 """`mangaassist serve` stops Serve, then Ray, on SIGTERM as on Ctrl-C (ray.init installs a SIGTERM
 handler of its own that kills Ray's processes at once: ours must be installed after it)."""
+import json
 import os
 import signal
-import threading
-import types
+import subprocess
+import sys
 
 import pytest
 
 from serve import cli
 
 
+# Run in a fresh interpreter: the test sends a real signal to its own process, and the pytest process
+# has loaded torch, ONNX Runtime and OpenVINO thread pools by then (a SIGTERM there crashed the suite once).
+SIGNAL_CHILD = """
+import json, os, signal, sys, threading, types
+import ray
+from ray import serve
+from serve import cli
+
+sig = int(sys.argv[1])
+calls = []
+
+def fake_start_ray(*args):
+    calls.append("ray.init")
+    def rays_own(*_):  # what ray.init installs: kill Ray's processes, then exit
+        calls.append("ray's own handler")
+        raise SystemExit(1)
+    signal.signal(signal.SIGTERM, rays_own)
+
+cli.load_config = lambda path: object()
+cli.start_ray = fake_start_ray
+cli.deploy = lambda config: "http://127.0.0.1:1"
+cli.wait_ready = lambda *a: threading.Timer(0.2, os.kill, (os.getpid(), sig)).start()
+serve.shutdown = lambda: calls.append("serve.shutdown")
+ray.shutdown = lambda: calls.append("ray.shutdown")
+args = types.SimpleNamespace(config="x.yaml", skip_build=True, num_cpus=None, metrics_port=0, ready_timeout=1)
+try:
+    assert cli.cmd_serve(args) == 0
+except SystemExit:
+    calls.append("exit")
+print(json.dumps(calls))
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_drains_serve_then_stops_ray_on_a_signal(monkeypatch, sig):
-    calls = []
-
-    def fake_start_ray(*args):
-        calls.append("ray.init")
-        def rays_own(*_):  # what ray.init installs: kill Ray's processes, then exit
-            calls.append("ray's own handler")
-            raise SystemExit(1)
-        signal.signal(signal.SIGTERM, rays_own)
-
-    monkeypatch.setattr(cli, "load_config", lambda path: object())
-    monkeypatch.setattr(cli, "start_ray", fake_start_ray)
-    monkeypatch.setattr(cli, "deploy", lambda config: "http://127.0.0.1:1")
-    monkeypatch.setattr(cli, "wait_ready", lambda *a: threading.Timer(0.2, os.kill, (os.getpid(), sig)).start())
-    import ray
-    from ray import serve
-
-    monkeypatch.setattr(serve, "shutdown", lambda: calls.append("serve.shutdown"))
-    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("ray.shutdown"))
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        args = types.SimpleNamespace(config="x.yaml", skip_build=True, num_cpus=None, metrics_port=0, ready_timeout=1)
-        try:
-            assert cli.cmd_serve(args) == 0
-        except SystemExit:
-            calls.append("exit")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    assert calls == ["ray.init", "serve.shutdown", "ray.shutdown"]
+def test_serve_drains_serve_then_stops_ray_on_a_signal(sig):
+    done = subprocess.run([sys.executable, "-c", SIGNAL_CHILD, str(int(sig))], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ray.init", "serve.shutdown", "ray.shutdown"]
 
 
 def test_start_ray_defaults_to_serve_throughput_mode_without_direct_ingress(monkeypatch):
