@@ -23,6 +23,14 @@ Device = Literal["cpu", "cuda"]
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def check_runtime(runtime: Runtime, precision: Precision, device: Device) -> None:
+    """One rule for the model loader and the app's config: what each runtime can run (torch ignores precision)."""
+    if runtime != "torch" and precision not in PRECISIONS[runtime]:
+        raise ValueError(f"runtime {runtime} runs precision {' or '.join(PRECISIONS[runtime])}, not {precision}")
+    if runtime == "openvino" and device != "cpu":
+        raise ValueError("runtime openvino runs on device cpu (use onnx or torch on cuda)")
+
+
 def onnx_file(model_dir: Path, precision: Precision) -> Path:
     return model_dir / "onnx" / f"model.{precision}.onnx"
 
@@ -128,16 +136,13 @@ class TextModel:
         self.labels: list[str] | None = self.card.get("labels")
         self.temperature: float = self.card.get("temperature", 1.0)
         self.runtime = runtime
-        if precision not in PRECISIONS[runtime] and runtime != "torch":
-            raise ValueError(f"runtime {runtime} runs precision {' or '.join(PRECISIONS[runtime])}, not {precision}")
+        check_runtime(runtime, precision, device)
         self.precision = precision if runtime != "torch" else "fp32"
         self.tokenizer = load_tokenizer(self.model_dir / "hf")
         threads = threads or len(os.sched_getaffinity(0))
         if runtime == "onnx":
             self.backend = OrtBackend(onnx_file(self.model_dir, precision), threads, device)
         elif runtime == "openvino":
-            if device != "cpu":
-                raise ValueError("runtime openvino runs on cpu here; use onnx or torch on cuda")
             self.backend = OpenVinoBackend(openvino_file(self.model_dir), threads, precision)
             self.precision = self.backend.precision
         else:

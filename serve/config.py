@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.runtime import PRECISIONS
+from models.runtime import check_runtime
 
 from .backends.bedrock import BedrockSettings
 from .backends.opensearch import OpenSearchSettings
@@ -35,10 +35,7 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _runs_there(self):
-        if self.runtime != "torch" and self.precision not in PRECISIONS[self.runtime]:
-            raise ValueError(f"runtime {self.runtime} runs precision {' or '.join(PRECISIONS[self.runtime])}, not {self.precision}")
-        if self.runtime == "openvino" and self.device != "cpu":
-            raise ValueError("runtime openvino runs on device cpu (use onnx or torch on cuda)")
+        check_runtime(self.runtime, self.precision, self.device)
         return self
 
 
