@@ -98,7 +98,7 @@ class AppArgs(Strict):
 
     embedder: ModelSpec = ModelSpec(ref="embedder")
     intent: ModelSpec = ModelSpec(ref="intent")
-    reranker: ModelSpec = ModelSpec(ref="reranker", max_length=64)  # see serve/config/local.yaml
+    reranker: ModelSpec = ModelSpec(ref="reranker")
     index_dir: str | None = Field(None, description="FAISS indexes built by `mangaassist index` (default: under MANGAASSIST_HOME)")
     embedder_backend: Literal["local", "bedrock"] = Field("local", description="local MiniLM or Bedrock Titan V2")
     retriever_backend: Literal["faiss", "opensearch"] = Field("faiss", description="embedded FAISS HNSW or Amazon OpenSearch k-NN")
