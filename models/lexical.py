@@ -37,10 +37,11 @@ class LexicalModel:
         self.vectorizers, self.coef, self.intercept = vectorizers, coef.astype(np.float32), intercept.astype(np.float32)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], y: Sequence[int], C: float = 20.0) -> "LexicalModel":
+    def fit(cls, texts: Sequence[str], y: Sequence[int], C: float = 50.0) -> "LexicalModel":
         import scipy.sparse as sp
         from sklearn.linear_model import LogisticRegression
 
+        # C chosen on validation (blend macro-F1 0.932 at C 5-20, 0.935 at 50, 0.932-0.934 at 70-100)
         vectorizers = [_vectorizer(a, n) for a, n in VIEWS]
         X = sp.hstack([v.fit_transform(texts) for v in vectorizers]).tocsr()
         clf = LogisticRegression(C=C, max_iter=3000).fit(X, y)  # lbfgs: deterministic
