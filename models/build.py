@@ -224,7 +224,7 @@ def build_reranker(staged: Path, opts: BuildOptions, registry: Registry) -> dict
     rng.shuffle(train_q)
     # queries of the training anchors not trained on: the validation set for choosing the int8 policy
     train_q, val_q = train_q[: cfg.train_queries], train_q[cfg.train_queries:]
-    groups = training_groups(train_q, docs, cfg.group_size, cfg.seed)
+    groups = training_groups(train_q, docs, cfg.group_size, cfg.seed, cfg.injected)
     t0 = time.time()
     model, tokenizer = train_reranker(cfg, groups)
     train_s = time.time() - t0

@@ -35,6 +35,7 @@ class IntentConfig:
 class RerankerConfig:
     max_length: int = 64  # what it serves at: 112 trained 2.4x slower for NDCG@10 0.630 (vs 0.641) served at 64
     group_size: int = 8  # listwise: one best document and 7 worse ones per query
+    injected: float = 0.25  # groups with a document carrying instructions for the assistant (models/pairs.py)
     batch_size: int = 2  # queries per step (x group_size pairs)
     lr: float = 5e-5
     epochs: int = 1

@@ -4,7 +4,7 @@ import pytest
 
 from models.datasets import load_catalog, load_policies
 from models.expand import products, series_products, synthetic_products
-from models.pairs import build_queries, catalog_docs, policy_docs, split_queries, training_groups
+from models.pairs import INSTRUCTIONS, build_queries, catalog_docs, policy_docs, split_queries, training_groups
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,19 @@ def test_training_groups_put_the_best_document_first(queries):
         best = max(q.relevance.values())
         assert q.relevance[ids[0]] == best
         assert all(q.relevance.get(i, 0) < best for i in ids[1:])
+
+
+def test_injected_documents_are_negatives_that_repeat_the_query(queries):
+    docs = {d.id: d for d in catalog_docs(load_catalog()) + policy_docs(load_policies())}
+    real = {d.text for d in docs.values()}
+    injected = training_groups(queries[:200], docs, group_size=8, injected=0.5)
+    poisoned = [(query, group) for query, group in injected if group[-1] not in real]
+    assert 60 <= len(poisoned) <= 140  # about half of the groups
+    for query, group in poisoned:
+        assert group[0] in real and all(t in real for t in group[:-1])  # the best document stays first
+        assert query in group[-1] and any(i in group[-1] for i in INSTRUCTIONS)
+    clean = training_groups(queries[:200], docs, group_size=8)
+    assert all(t in real for _, group in clean for t in group)
 
 
 def test_products_expand_every_book_of_every_edition():
