@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.runtime import check_runtime
+from models.runtime import Device, Precision, Runtime, check_runtime
 
 from .backends.bedrock import BedrockSettings
 from .backends.opensearch import OpenSearchSettings
@@ -25,10 +25,10 @@ class ModelSpec(Strict):
     """A registered model and how to run it."""
 
     ref: str = Field(description="registry name, name:version, or a path to a version folder")
-    runtime: Literal["onnx", "openvino", "torch"] = Field("onnx", description="onnx: fp32 or int8, cpu or cuda; "
-                                                        "openvino: bf16 (AMX CPUs) or fp32, cpu; torch: fp32 (fp16 on cuda)")
-    precision: Literal["fp32", "int8", "bf16"] = "int8"
-    device: Literal["cpu", "cuda"] = "cpu"
+    runtime: Runtime = Field("onnx", description="onnx: fp32 or int8, cpu or cuda; "
+                                   "openvino: bf16 (AMX CPUs) or fp32, cpu; torch: fp32 (fp16 on cuda)")
+    precision: Precision = "int8"
+    device: Device = "cpu"
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: the replica's whole CPUs, at least 1")
     max_length: int | None = Field(None, ge=16, le=512, description="truncate inputs to this many tokens; default: the "
                                    "model card's (cost grows with length: see the tuning guide)")
