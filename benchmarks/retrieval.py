@@ -38,7 +38,10 @@ CHUNK = 50_000
 
 
 def cache_dir(embedder: Path) -> Path:
-    path = home() / "bench" / f"product-vectors-{embedder.name}"
+    """Keyed by the embedder's int8 ONNX file (its registry checksum), not its version: a version that only
+    moved with the pipeline's code embeds the same vectors."""
+    sha = json.loads((embedder / "manifest.json").read_text())["files"]["onnx/model.int8.onnx"]
+    path = home() / "bench" / f"product-vectors-{sha[:12]}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -150,8 +153,8 @@ def build(kind: str, vectors: np.ndarray, spec: IndexSpec, cache: Path, tag: str
 
     n = len(vectors)
     name = {"hnsw": f"hnsw-{n}-{tag}-m{spec.m}-efc{spec.ef_construction}",
-            "ivf": f"ivf-{n}-{tag}-m{spec.m}-nlist{spec.nlist or 'auto'}",
-            "ivfpq": f"ivfpq-{n}-{tag}-m{spec.m}-nlist{spec.nlist or 'auto'}-pq{spec.pq_m}"}[kind]
+            "ivf": f"ivf-l2-{n}-{tag}-m{spec.m}-nlist{spec.nlist or 'auto'}",  # l2: lists by L2 (before: inner product)
+            "ivfpq": f"ivfpq-l2-{n}-{tag}-m{spec.m}-nlist{spec.nlist or 'auto'}-pq{spec.pq_m}"}[kind]
     cached, meta = cache / f"{name}.faiss", cache / f"{name}.json"
     before = rss_mb()
     if cached.exists() and meta.exists():
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="hnsw,ivfpq", help="index kinds of serve.index to measure (hnsw, ivf, ivfpq)")
     parser.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
     parser.add_argument("--ef-search", default="16,32,64,128,256")
-    parser.add_argument("--nprobe", default="64,128,256,512,1024", help="ivf, ivfpq: lists scanned per query")
+    parser.add_argument("--nprobe", default="64,128,256,384,512,1024", help="ivf, ivfpq: lists scanned per query")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for embedding and index builds")
     parser.add_argument("--embed-only", action="store_true", help="only fill the vector cache")
     parser.add_argument("--embedded", type=int, default=None, help="embed this many products; beyond them, sample "

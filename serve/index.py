@@ -11,9 +11,15 @@ Kinds of FAISS index (`IndexSpec.kind`, recorded in the manifest and used again 
   centroids picks `nprobe` of them) holding 4-bit PQ codes of each vector's residual, scanned with FAISS's
   SIMD fast-scan; the best `rerank` candidates are re-scored on the exact vectors, so scores are exact
   inner products. Shopper queries sit far from every product (cosine ~0.5 to their nearest product, ~0.93
-  between products) and their exact top 10 is spread over many series: HNSW's greedy walk and IVF-Flat's
-  few nearest lists both miss most of it at 100k+ (benchmarks/results/retrieval.json).
+  between products) and their exact top 10 is spread over many series: HNSW's greedy walk misses most of
+  it at 100k+ (benchmarks/results/retrieval.json).
 - `ivf`: IVF-Flat behind an HNSW coarse quantizer (kept for comparison: below ivfpq at 50k, see benchmarks/README.md).
+
+Both IVF kinds cluster and probe by L2 distance. The vectors are normalized, so L2 ranks them exactly as
+inner product does, but the lists are not alike: k-means cells are L2 cells, and the lists whose centroids
+are nearest in L2 hold the query's neighbours, while the largest inner product with a centroid favours the
+tight clusters (their centroids are longer). At 1M products, the 256 nearest of 1024 lists hold 97.6% of a
+query's exact top 10 by L2 and 89% by inner product.
 """
 from __future__ import annotations
 
@@ -38,9 +44,9 @@ EXACT_SCAN_MAX = 4096
 INDEX_KINDS = ("hnsw", "ivf", "ivfpq")
 IVF_NPROBE = 64
 IVF_TRAIN_PER_LIST = 64  # k-means points per list (FAISS wants 39+): a seeded sample, not every vector
-IVFPQ_NPROBE = 512
+IVFPQ_NPROBE = 256  # of 1024 lists at 1M products: recall@10 0.96 at ~4 ms p50 (benchmarks/results/retrieval.json)
 PQ_M = 96  # ivfpq: 4-bit sub-quantizers of 4 dimensions (48 bytes per vector)
-PQ_RERANK = 1000  # ivfpq: candidates re-scored exactly per query (at least 10 k)
+PQ_RERANK = 2000  # ivfpq: candidates re-scored exactly per query (at least 10 k)
 
 
 def ivf_lists(n: int) -> int:
@@ -88,26 +94,28 @@ def build_faiss(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
         return index, spec
     if spec.kind == "ivf":
         nlist = spec.nlist or ivf_lists(n)
-        quantizer = faiss.IndexHNSWFlat(d, spec.m, faiss.METRIC_INNER_PRODUCT)
+        quantizer = faiss.IndexHNSWFlat(d, spec.m, faiss.METRIC_L2)
         quantizer.hnsw.efConstruction = spec.ef_construction
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
     else:
         # a quarter of ivf's lists (1M -> 1024): few enough for an exact coarse scan (0.4M multiply-adds per query),
         # large enough that queries unlike any product still find their neighbours in the lists scanned; the
-        # residuals to the list centroids as 4-bit PQ codes scanned with SIMD lookups (FAISS fast-scan); the exact
-        # vectors (VectorIndex.vectors) re-rank the best `rerank` candidates
+        # vectors as 4-bit PQ codes scanned with SIMD lookups (FAISS fast-scan); the exact vectors
+        # (VectorIndex.vectors) re-rank the best `rerank` candidates
         if d % spec.pq_m:
             raise ValueError(f"pq_m {spec.pq_m} does not divide {d} dimensions")
         nlist = spec.nlist or max(1, ivf_lists(n) // 4)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, spec.pq_m, 4, faiss.METRIC_INNER_PRODUCT)
-        index.by_residual = True
+        quantizer = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, spec.pq_m, 4, faiss.METRIC_L2)
+        # codes of the vectors, not of their residuals to the list centroids: one lookup table per query instead
+        # of one per list (fast-scan re-quantizes each to 8 bits); at 1M: recall@10 0.91 -> 0.97, 5.1 -> 3.4 ms
+        index.by_residual = False
     index.cp.seed, index.cp.niter = 1234, 20
     index.cp.min_points_per_centroid = 1  # small test sets: fewer points than 39 per list is fine
     index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
     # k-means assigns with an exact scan (the HNSW quantizer gets the final centroids): exact assignment
     # keeps the lists balanced and the build deterministic
-    index.clustering_index = faiss.IndexFlatIP(d)
+    index.clustering_index = faiss.IndexFlatL2(d)
     index.train(_sample(vectors, max(nlist * IVF_TRAIN_PER_LIST, 65_536 if spec.kind == "ivfpq" else 0)))  # PQ too
     if spec.kind == "ivf":
         quantizer.hnsw.efSearch = max(spec.ef_search, 2 * spec.nprobe)  # assignment of the vectors to lists
@@ -125,11 +133,14 @@ def knn(index, spec: IndexSpec, vectors: np.ndarray, query: np.ndarray, k: int,
     query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
     n = index.ntotal
     wanted = min(k, n if allowed is None else int(allowed.sum()))
+    probe = query
+    if spec.kind != "hnsw":  # L2 lists: the same as inner product for a unit query (scores use the query as given)
+        probe = query / max(float(np.linalg.norm(query)), 1e-12)
     if spec.kind == "ivfpq":
         # no IDSelector in FAISS's fast-scan: filter the candidates, and fetch more while too few are allowed
         fetch, nprobe = max(spec.rerank, 10 * k), min(spec.nprobe, spec.nlist)  # fast-scan needs nprobe <= nlist
         while True:
-            _, cand = index.search(query, min(fetch, n), params=faiss.SearchParametersIVF(nprobe=nprobe))
+            _, cand = index.search(probe, min(fetch, n), params=faiss.SearchParametersIVF(nprobe=nprobe))
             cand = cand[0][cand[0] >= 0]
             if allowed is not None:
                 cand = cand[allowed[cand]]
@@ -152,7 +163,9 @@ def knn(index, spec: IndexSpec, vectors: np.ndarray, query: np.ndarray, k: int,
             params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, 2 * nprobe))
         if sel is not None:
             params.sel = sel
-        scores, ids = index.search(query, k, params=params)
+        scores, ids = index.search(probe, k, params=params)
+        if spec.kind == "ivf":  # squared L2 distances, in inner-product order: the inner products themselves
+            scores = (vectors[np.maximum(ids[0], 0)] @ query[0])[None]
         hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         # IVF: the lists probed may hold fewer than k allowed documents: probe more (all of them at worst)
         if spec.kind != "ivf" or len(hits) >= wanted or nprobe >= spec.nlist:
