@@ -6,6 +6,7 @@ export time is exactly what serves.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -116,6 +117,42 @@ class TorchBackend:
         return tensor.float().cpu().numpy()
 
 
+class PairEncoder:
+    """A cross-encoder's inputs for one query and its documents: the same arrays as the tokenizer makes for the
+    pairs (longest-first truncation to `max_length`, [CLS] query [SEP] document [SEP], right padding to the
+    longest), but each document's word pieces are cached. Candidates come from a fixed catalog, and documents
+    are tokenized whole before truncation: that was ~10 ms of CPU per 34-pair request, on the cores the
+    model's threads need."""
+
+    def __init__(self, tokenizer, max_length: int, cache_size: int = 4096):
+        from tokenizers import Tokenizer
+
+        self.pad_id = tokenizer.pad_token_id or 0
+        spec = tokenizer.backend_tokenizer.to_str()
+        self.words = Tokenizer.from_str(spec)  # whole texts: truncation depends on both lengths of a pair
+        self.words.no_truncation()
+        self.words.no_padding()
+        self.pairs = Tokenizer.from_str(spec)  # post_process: truncation, special tokens
+        self.pairs.no_padding()
+        self.pairs.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
+        self.document = functools.lru_cache(maxsize=cache_size)(self._encode)
+
+    def _encode(self, text: str):
+        return self.words.encode(text, add_special_tokens=False)
+
+    def __call__(self, query: str, documents: Sequence[str]) -> dict[str, np.ndarray]:
+        q = self._encode(query)
+        encodings = [self.pairs.post_process(q, self.document(d)) for d in documents]
+        length = max((len(e.ids) for e in encodings), default=0)
+        out = {name: np.zeros((len(encodings), length), dtype=np.int64) for name in ONNX_INPUTS}
+        out["input_ids"].fill(self.pad_id)
+        for i, e in enumerate(encodings):
+            n = len(e.ids)
+            out["input_ids"][i, :n], out["attention_mask"][i, :n], out["token_type_ids"][i, :n] = \
+                e.ids, e.attention_mask, e.type_ids
+        return out
+
+
 class TextModel:
     """A registered model version (tokenizer + runtime). `kind` is classifier, cross_encoder or encoder."""
 
@@ -139,6 +176,7 @@ class TextModel:
         check_runtime(runtime, precision, device)
         self.precision = precision if runtime != "torch" else "fp32"
         self.tokenizer = load_tokenizer(self.model_dir / "hf")
+        self.pair_features = PairEncoder(self.tokenizer, self.max_length) if self.kind == "cross_encoder" else None
         threads = threads or len(os.sched_getaffinity(0))
         if runtime == "onnx":
             self.backend = OrtBackend(onnx_file(self.model_dir, precision), threads, device)
@@ -191,7 +229,7 @@ class TextModel:
         return softmax(self.class_scores(texts) / self.temperature)
 
     def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        return self.logits([query] * len(documents), documents)[:, 0]
+        return self.backend(self.pair_features(query, documents))[:, 0]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ def reference_features(args: AppArgs, queries: list[str], progress: bool = True)
             if hits:
                 record["retrieval_top_score"] = hits[0][1]
                 docs = [indexes[index].docs[i].text for i, _ in hits]
-                logits = reranker.logits([query] * len(docs), docs)[:, 0]
+                logits = reranker.score_pairs(query, docs)
                 record["rerank_top_score"] = float(np.max(1.0 / (1.0 + np.exp(-logits))))
         records.append(record)
     return records

@@ -52,7 +52,7 @@ class Reranker:
         if not documents:
             return []
         # tokenized once, off the event loop: the token budget counts these tokens and the batch runs them
-        features = await off_loop(self.model.features, [query] * len(documents), documents)
+        features = await off_loop(self.model.pair_features, query, documents)
         return await self.score_batch(RerankItem(features, int(features["attention_mask"].sum())))
 
     @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=total_tokens)
