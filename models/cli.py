@@ -64,7 +64,7 @@ def cmd_models_list(args) -> int:
             m = reg.manifest(name, version)
             shown = ", ".join(f"{k}={m['metrics'][k]:.4f}" for k in headline.get(name, ()) if k in m["metrics"])
             rows.append([name, version, "*" if reg.current(name) == version else "", m["created"], shown,
-                         "pass" if m["metrics"].get("gates_passed") else "FAIL"])
+                         {True: "pass", False: "FAIL"}.get(m["metrics"].get("gates_passed"), "-")])  # "-": no gates
     if len(rows) == 1:
         print(f"no models registered in {reg.root}; run `mangaassist build`")
         return 1

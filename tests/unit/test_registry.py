@@ -6,8 +6,8 @@ import pytest
 from models.registry import Registry, RegistryError, version_for
 
 
-def _stage(reg: Registry, content: bytes = b"weights") -> "Path":
-    staged = reg.staging("intent")
+def _stage(reg: Registry, content: bytes = b"weights", name: str = "intent") -> "Path":
+    staged = reg.staging(name)
     (staged / "hf").mkdir()
     (staged / "hf" / "model.safetensors").write_bytes(content)
     (staged / "labels.json").write_text(json.dumps(["a", "b"]))
@@ -55,3 +55,19 @@ def test_unknown_model_and_versions(tmp_path):
     assert reg.resolve("intent").name == a
     with pytest.raises(RegistryError):
         reg.set_current("intent", "v-nope")
+
+
+def test_models_list_shows_gates_only_where_a_model_has_them(tmp_path, monkeypatch, capsys):
+    from models.cli import cmd_models_list
+
+    reg = Registry(tmp_path)
+    reg.register("intent", _stage(reg, b"1"), "11" * 32, {"gates_passed": True, "test_accuracy": 0.95})
+    reg.register("reranker", _stage(reg, b"2", "reranker"), "22" * 32, {"gates_passed": False})
+    reg.register("drift-reference", _stage(reg, b"3", "drift-reference"), "33" * 32, {"rows": 400})  # never gated
+    monkeypatch.setattr("models.registry.registry_dir", lambda: tmp_path)
+    assert cmd_models_list(None) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"registry: {tmp_path}" and lines[1].split() == ["model", "version", "current", "created",
+                                                                        "metrics", "gates"]
+    rows = {line.split()[0]: line.split()[-1] for line in lines[2:]}
+    assert rows == {"intent": "pass", "reranker": "FAIL", "drift-reference": "-"}
