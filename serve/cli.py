@@ -72,12 +72,34 @@ def load_config(path: Path):
     return config
 
 
+def deploy_failure() -> str | None:
+    """What Serve says about an application it gave up deploying (a replica's constructor keeps failing:
+    a missing index, a model that does not load), or None; None too without a Ray connection here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray import serve
+
+    failed = []
+    for name, app in serve.status().applications.items():
+        if app.status == "DEPLOY_FAILED":  # the app's message names the deployments; theirs end with the cause
+            causes = [f"{d}: {dep.message.strip().splitlines()[-1]}" for d, dep in app.deployments.items()
+                      if dep.status != "HEALTHY" and dep.message.strip()]
+            failed.append(f"{name}: {app.message} ({'; '.join(causes)})" if causes else f"{name}: {app.message}")
+    return "; ".join(failed) or None
+
+
 def wait_ready(url: str, timeout: float, should_stop=lambda: False) -> dict:
+    """Poll /readyz until it answers 200; fails at once when Serve gave up deploying the application."""
     import httpx
 
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline and not should_stop():
+        failure = deploy_failure()
+        if failure:
+            raise RuntimeError(f"the application failed to deploy: {failure}")
         try:
             r = httpx.get(f"{url}/readyz", timeout=5)
             last = r.json()

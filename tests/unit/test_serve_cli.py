@@ -79,3 +79,27 @@ def test_index_kind_is_only_imposed_when_asked(monkeypatch, argv, spec):
     args = parser.parse_args(["index", *argv])
     assert args.func(args) == 0
     assert [s and s.kind for s in calls] == [spec]
+
+
+def test_wait_ready_fails_at_once_when_serve_gave_up_deploying(monkeypatch):
+    """A replica constructor that keeps failing (here: no index for the embedder) ends the wait with Serve's
+    reason instead of polling /readyz until the timeout."""
+    import types
+
+    import ray
+    from ray import serve
+
+    dep = lambda status, message: types.SimpleNamespace(status=status, message=message)  # noqa: E731
+    apps = {"mangaassist": types.SimpleNamespace(
+        status="DEPLOY_FAILED", message="Failed to update the deployments ['Retriever'].",
+        deployments={"Gateway": dep("HEALTHY", ""),
+                     "Retriever": dep("DEPLOY_FAILED", "Traceback ...\nRuntimeError: no catalog index: run `mangaassist index`\n")})}
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(serve, "status", lambda: types.SimpleNamespace(applications=apps))
+    with pytest.raises(RuntimeError, match=r"failed to deploy: mangaassist: .*\(Retriever: RuntimeError: no catalog index"):
+        cli.wait_ready("http://127.0.0.1:9", 600)
+    apps["mangaassist"].status = "DEPLOYING"  # still deploying: keep waiting (here until the short timeout)
+    with pytest.raises(TimeoutError):
+        cli.wait_ready("http://127.0.0.1:9", 0.5)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # no Ray connection here: /readyz alone
+    assert cli.deploy_failure() is None
