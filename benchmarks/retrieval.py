@@ -27,6 +27,7 @@ from tqdm import tqdm
 from models.datasets import load_catalog, load_intents
 from models.expand import products
 from models.paths import home
+from models.registry import MANIFEST
 from models.runtime import TextModel
 from serve.index import EF_CONSTRUCTION, INDEX_KINDS, IndexSpec, build_faiss, knn
 from serve.loading import resolve_model
@@ -40,7 +41,7 @@ CHUNK = 50_000
 def cache_dir(embedder: Path) -> Path:
     """Keyed by the embedder's int8 ONNX file (its registry checksum), not its version: a version that only
     moved with the pipeline's code embeds the same vectors."""
-    sha = json.loads((embedder / "manifest.json").read_text())["files"]["onnx/model.int8.onnx"]
+    sha = json.loads((embedder / MANIFEST).read_text())["files"]["onnx/model.int8.onnx"]
     path = home() / "bench" / f"product-vectors-{sha[:12]}"
     path.mkdir(parents=True, exist_ok=True)
     return path

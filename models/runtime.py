@@ -124,23 +124,24 @@ class PairEncoder:
     are tokenized whole before truncation: that was ~10 ms of CPU per 34-pair request, on the cores the
     model's threads need."""
 
-    def __init__(self, tokenizer, max_length: int, cache_size: int = 4096):
+    def __init__(self, tokenizer, cache_size: int = 4096):
         from tokenizers import Tokenizer
 
-        self.pad_id = tokenizer.pad_token_id or 0
+        self.pad_id, self.side = tokenizer.pad_token_id or 0, tokenizer.truncation_side
         spec = tokenizer.backend_tokenizer.to_str()
         self.words = Tokenizer.from_str(spec)  # whole texts: truncation depends on both lengths of a pair
         self.words.no_truncation()
         self.words.no_padding()
         self.pairs = Tokenizer.from_str(spec)  # post_process: truncation, special tokens
         self.pairs.no_padding()
-        self.pairs.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
         self.document = functools.lru_cache(maxsize=cache_size)(self._encode)
 
     def _encode(self, text: str):
         return self.words.encode(text, add_special_tokens=False)
 
-    def __call__(self, query: str, documents: Sequence[str]) -> dict[str, np.ndarray]:
+    def __call__(self, query: str, documents: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+        if (self.pairs.truncation or {}).get("max_length") != max_length:  # the served length may differ from the card's
+            self.pairs.enable_truncation(max_length, strategy="longest_first", direction=self.side)
         q = self._encode(query)
         encodings = [self.pairs.post_process(q, self.document(d)) for d in documents]
         length = max((len(e.ids) for e in encodings), default=0)
@@ -176,7 +177,6 @@ class TextModel:
         check_runtime(runtime, precision, device)
         self.precision = precision if runtime != "torch" else "fp32"
         self.tokenizer = load_tokenizer(self.model_dir / "hf")
-        self.pair_features = PairEncoder(self.tokenizer, self.max_length) if self.kind == "cross_encoder" else None
         threads = threads or len(os.sched_getaffinity(0))
         if runtime == "onnx":
             self.backend = OrtBackend(onnx_file(self.model_dir, precision), threads, device)
@@ -227,6 +227,14 @@ class TextModel:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated class probabilities (temperature fitted on validation)."""
         return softmax(self.class_scores(texts) / self.temperature)
+
+    @functools.cached_property
+    def _pair_encoder(self) -> PairEncoder:
+        return PairEncoder(self.tokenizer)
+
+    def pair_features(self, query: str, documents: Sequence[str]) -> dict[str, np.ndarray]:
+        """features([query] * n, documents) at `max_length` (which serving may set), documents' tokens cached."""
+        return self._pair_encoder(query, documents, self.max_length)
 
     def score_pairs(self, query: str, documents: Sequence[str]) -> np.ndarray:
         return self.backend(self.pair_features(query, documents))[:, 0]

@@ -227,8 +227,7 @@ def test_reranker_batch_is_what_tokenizing_every_pair_at_once_gives():
     assert total_tokens(items) == int(joint["attention_mask"].sum())
 
 
-@pytest.mark.parametrize("max_length", [64, 128])
-def test_pair_encoder_gives_the_tokenizers_arrays_with_documents_cached(max_length):
+def test_pair_encoder_gives_the_tokenizers_arrays_with_documents_cached():
     """The reranker tokenizes each document once (PairEncoder's cache) and each pair by the tokenizer's own
     truncation and template: the arrays must be exactly those of tokenizing the pairs, for every served
     document and for queries short, long and longer than the pair budget (truncation then cuts both)."""
@@ -236,20 +235,22 @@ def test_pair_encoder_gives_the_tokenizers_arrays_with_documents_cached(max_leng
     from models.runtime import ONNX_INPUTS, PairEncoder
 
     tokenizer = load_tokenizer()
-    encoder = PairEncoder(tokenizer, max_length, cache_size=64)  # smaller than the documents: evictions too
+    encoder = PairEncoder(tokenizer, cache_size=64)  # smaller than the documents: evictions too
     documents = [d.text for d in corpus("catalog")[:150]] + [d.text for d in corpus("policy")] + ["", "🙂 ok", "a"]
     queries = ["berserk", "do you ship to Canada and how long does it take?", "envío a México 📦 " * 6,
                "dark fantasy like berserk " * 30, ""]
     for start in range(0, len(documents), 50):
         docs = documents[start:start + 50]
         for query in queries:
-            enc = tokenizer([query] * len(docs), docs, padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
-            ours = encoder(query, docs)
-            for name in ONNX_INPUTS:
-                np.testing.assert_array_equal(ours[name], enc[name].astype(np.int64), err_msg=f"{name}: {query!r}")
+            for max_length in (64, 128):  # the card's length, and one a serve config may set on the same model
+                enc = tokenizer([query] * len(docs), docs, padding=True, truncation=True, max_length=max_length,
+                                return_tensors="np")
+                ours = encoder(query, docs, max_length)
+                for name in ONNX_INPUTS:
+                    np.testing.assert_array_equal(ours[name], enc[name].astype(np.int64),
+                                                  err_msg=f"{name} at {max_length}: {query!r}")
     info = encoder.document.cache_info()
-    assert info.hits == 4 * len(documents) and info.misses == len(documents) and info.currsize == 64
+    assert info.hits == 9 * len(documents) and info.misses == len(documents) and info.currsize == 64
 
 
 def test_policy_passages_can_have_fewer_candidates_than_the_catalog():
