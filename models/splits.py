@@ -15,6 +15,8 @@ from .datasets import SPLITS, read_jsonl, write_jsonl
 # Character n-gram cosine above this = "the same message with a different title/number/typo".
 NEAR_DUPLICATE_COSINE = 0.8
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+# authored/train_only/<label>.jsonl: messages added to train without re-splitting the others (models/data/README.md)
+TRAIN_ONLY = "train_only"
 
 
 def normalize(text: str) -> str:
@@ -55,8 +57,9 @@ def near_duplicate_clusters(texts: list[str], threshold: float = NEAR_DUPLICATE_
     return [find(i) for i in range(len(texts))]
 
 
-def split_examples(examples: list[dict], seed: int = 13) -> dict[str, list[dict]]:
-    """Stratified by label, grouped by near-duplicate cluster, deterministic for a seed."""
+def split_examples(examples: list[dict], seed: int = 13, train_only: list[dict] = ()) -> dict[str, list[dict]]:
+    """Stratified by label, grouped by near-duplicate cluster, deterministic for a seed; `train_only` examples
+    are appended to train and leave the split of `examples` as it was."""
     # exact duplicates (after normalization) carry no information: keep the first
     seen, unique = set(), []
     for ex in examples:
@@ -87,18 +90,45 @@ def split_examples(examples: list[dict], seed: int = 13) -> dict[str, list[dict]
             counts[split] += len(group)
     for split in SPLITS:
         rng.shuffle(out[split])
+    out["train"] += _train_only(train_only, seen, out["validation"] + out["test"])
     return out
 
 
+def _train_only(examples: list[dict], seen: set, held_out: list[dict]) -> list[dict]:
+    """New (after normalization) train-only examples; refuses one that is a near-duplicate of a held-out one."""
+    fresh = []
+    for ex in examples:
+        key = (normalize(ex["text"]), ex["label"])
+        if key not in seen:
+            seen.add(key)
+            fresh.append(ex)
+    leaks = fresh and held_out and near_duplicate_pairs([ex["text"] for ex in fresh], [ex["text"] for ex in held_out])
+    if leaks:
+        i, j, cosine = leaks[0]
+        raise ValueError(f"{len(leaks)} train-only message(s) are near-duplicates of validation/test messages, e.g. "
+                         f"{fresh[i]['text']!r} ~ {held_out[j]['text']!r} (cosine {cosine:.2f}): rewrite them")
+    return fresh
+
+
+def read_authored(directory: Path) -> tuple[list[dict], list[dict]]:
+    """(split, train-only) examples: authored/<label>.jsonl and authored/train_only/<label>.jsonl."""
+    def read(folder: Path) -> list[dict]:
+        examples = []
+        for label in INTENT_LABELS:
+            path = folder / f"{label}.jsonl"
+            for row in read_jsonl(path) if path.exists() else []:
+                text = row["text"].strip()
+                if text:
+                    examples.append({"text": text, "label": label})
+        return examples
+
+    return read(directory / "authored"), read(directory / "authored" / TRAIN_ONLY)
+
+
 def build_splits(directory: Path, seed: int = 13) -> dict[str, int]:
-    """Read authored/<label>.jsonl, write train/validation/test.jsonl; returns the sizes."""
-    examples = []
-    for label in INTENT_LABELS:
-        for row in read_jsonl(directory / "authored" / f"{label}.jsonl"):
-            text = row["text"].strip()
-            if text:
-                examples.append({"text": text, "label": label})
-    splits = split_examples(examples, seed)
+    """Read the authored messages, write train/validation/test.jsonl; returns the sizes."""
+    pooled, train_only = read_authored(directory)
+    splits = split_examples(pooled, seed, train_only)
     for split, rows in splits.items():
         write_jsonl(directory / f"{split}.jsonl", rows)
     return {s: len(rows) for s, rows in splits.items()}

@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 
 from models import INTENT_LABELS
-from models.datasets import SPLITS, load_catalog, load_intents, load_policies, read_jsonl
+from models.datasets import SPLITS, load_catalog, load_intents, load_policies
 from models.paths import DATA_DIR
-from models.splits import cross_split_leaks, split_examples
+from models.splits import cross_split_leaks, read_authored, split_examples
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,30 @@ def test_no_text_in_two_splits(splits):
 
 def test_committed_splits_are_reproducible(splits):
     """The split files are exactly what `mangaassist data split` makes from authored/ with the seed."""
-    authored = [{"text": row["text"].strip(), "label": label}
-                for label in INTENT_LABELS for row in read_jsonl(DATA_DIR / "intents" / "authored" / f"{label}.jsonl")]
-    rebuilt = split_examples(authored)
+    pooled, train_only = read_authored(DATA_DIR / "intents")
+    rebuilt = split_examples(pooled, train_only=train_only)
     for split in SPLITS:
         assert [r["text"] for r in rebuilt[split]] == [ex.text for ex in splits[split]]
+
+
+def test_train_only_messages_join_train_and_leave_the_split_alone():
+    pooled = [{"text": f"where is my order number {i} {w}", "label": "order_status"} for i, w in
+              enumerate(["today", "please", "asap", "again", "still", "yet", "now", "hmm", "ok", "sigh"] * 2)]
+    pooled += [{"text": t, "label": "chitchat"} for t in
+               ["hello there", "thanks a lot", "good night", "who made you", "is it raining", "what is 2+2",
+                "see you tomorrow", "you are funny", "are you a bot", "morning!"]]
+    extra = [{"text": "who won the game last night", "label": "chitchat"},
+             {"text": "Thanks a lot!", "label": "chitchat"}]  # an exact duplicate after normalization: dropped
+    before = split_examples(pooled)
+    after = split_examples(pooled, train_only=extra)
+    assert after["validation"] == before["validation"] and after["test"] == before["test"]
+    assert after["train"] == before["train"] + extra[:1]
+
+
+def test_train_only_message_like_a_held_out_one_is_refused():
+    pooled = [{"text": t, "label": "chitchat"} for t in
+              ["hello there", "thanks a lot", "good night", "who made you", "is it raining", "what is 2+2",
+               "see you tomorrow", "you are funny", "are you a bot", "morning!", "do you like cats", "bye bye"]]
+    held_out = split_examples(pooled)["test"][0]["text"]
+    with pytest.raises(ValueError, match="near-duplicates of validation/test"):
+        split_examples(pooled, train_only=[{"text": held_out + " lol", "label": "chitchat"}])

@@ -40,3 +40,7 @@ def test_blend_weight_one_is_the_transformer_alone_and_the_weight_follows_valida
     assert np.allclose(blend(noisy, perfect, 1.0), log_softmax(noisy))
     assert fit_weight(noisy, perfect, y) == 0.3  # the most lexical weight the grid allows
     assert fit_weight(log_softmax(np.eye(8)[y] * 5), log_softmax(noisy), y) == 1.0
+    # each knows half of the classes: the log-loss picks an inner weight, near the middle
+    knows_low = np.where((y < 4)[:, None], np.eye(8)[y] * 5, noisy)
+    knows_high = np.where((y >= 4)[:, None], np.eye(8)[y] * 5, noisy)
+    assert 0.4 <= fit_weight(knows_low, log_softmax(knows_high), y) <= 0.6
