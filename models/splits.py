@@ -60,13 +60,8 @@ def near_duplicate_clusters(texts: list[str], threshold: float = NEAR_DUPLICATE_
 def split_examples(examples: list[dict], seed: int = 13, train_only: list[dict] = ()) -> dict[str, list[dict]]:
     """Stratified by label, grouped by near-duplicate cluster, deterministic for a seed; `train_only` examples
     are appended to train and leave the split of `examples` as it was."""
-    # exact duplicates (after normalization) carry no information: keep the first
-    seen, unique = set(), []
-    for ex in examples:
-        key = (normalize(ex["text"]), ex["label"])
-        if key not in seen:
-            seen.add(key)
-            unique.append(ex)
+    seen: set = set()
+    unique = _unseen(examples, seen)
     clusters = near_duplicate_clusters([ex["text"] for ex in unique])
     rng = random.Random(seed)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -94,15 +89,23 @@ def split_examples(examples: list[dict], seed: int = 13, train_only: list[dict] 
     return out
 
 
-def _train_only(examples: list[dict], seen: set, held_out: list[dict]) -> list[dict]:
-    """New (after normalization) train-only examples; refuses one that is a near-duplicate of a held-out one."""
+def _unseen(examples: list[dict], seen: set) -> list[dict]:
+    """Exact duplicates (after normalization) carry no information: the examples not in `seen`, which grows."""
     fresh = []
     for ex in examples:
         key = (normalize(ex["text"]), ex["label"])
         if key not in seen:
             seen.add(key)
             fresh.append(ex)
-    leaks = fresh and held_out and near_duplicate_pairs([ex["text"] for ex in fresh], [ex["text"] for ex in held_out])
+    return fresh
+
+
+def _train_only(examples: list[dict], seen: set, held_out: list[dict]) -> list[dict]:
+    """New train-only examples; refuses one that is a near-duplicate of a held-out one."""
+    fresh = _unseen(examples, seen)
+    if not fresh or not held_out:
+        return fresh
+    leaks = near_duplicate_pairs([ex["text"] for ex in fresh], [ex["text"] for ex in held_out])
     if leaks:
         i, j, cosine = leaks[0]
         raise ValueError(f"{len(leaks)} train-only message(s) are near-duplicates of validation/test messages, e.g. "

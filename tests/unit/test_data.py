@@ -99,12 +99,14 @@ def test_committed_splits_are_reproducible(splits):
         assert [r["text"] for r in rebuilt[split]] == [ex.text for ex in splits[split]]
 
 
+CHITCHAT = ["hello there", "thanks a lot", "good night", "who made you", "is it raining", "what is 2+2",
+            "see you tomorrow", "you are funny", "are you a bot", "morning!"]
+
+
 def test_train_only_messages_join_train_and_leave_the_split_alone():
     pooled = [{"text": f"where is my order number {i} {w}", "label": "order_status"} for i, w in
               enumerate(["today", "please", "asap", "again", "still", "yet", "now", "hmm", "ok", "sigh"] * 2)]
-    pooled += [{"text": t, "label": "chitchat"} for t in
-               ["hello there", "thanks a lot", "good night", "who made you", "is it raining", "what is 2+2",
-                "see you tomorrow", "you are funny", "are you a bot", "morning!"]]
+    pooled += [{"text": t, "label": "chitchat"} for t in CHITCHAT]
     extra = [{"text": "who won the game last night", "label": "chitchat"},
              {"text": "Thanks a lot!", "label": "chitchat"}]  # an exact duplicate after normalization: dropped
     before = split_examples(pooled)
@@ -114,9 +116,7 @@ def test_train_only_messages_join_train_and_leave_the_split_alone():
 
 
 def test_train_only_message_like_a_held_out_one_is_refused():
-    pooled = [{"text": t, "label": "chitchat"} for t in
-              ["hello there", "thanks a lot", "good night", "who made you", "is it raining", "what is 2+2",
-               "see you tomorrow", "you are funny", "are you a bot", "morning!", "do you like cats", "bye bye"]]
+    pooled = [{"text": t, "label": "chitchat"} for t in CHITCHAT + ["do you like cats", "bye bye"]]
     held_out = split_examples(pooled)["test"][0]["text"]
     with pytest.raises(ValueError, match="near-duplicates of validation/test"):
         split_examples(pooled, train_only=[{"text": held_out + " lol", "label": "chitchat"}])
